@@ -1,6 +1,7 @@
 #include <string>
 
 #include "common/clock.h"
+#include "common/flags.h"
 #include "common/grpc_status.h"
 #include "common/status_macros.h"
 #include "common/status_matchers.h"
@@ -52,6 +53,26 @@ TEST(FakeClock, AdvancesOnlyWhenTold) {
   EXPECT_EQ(clock.Now(), t0);
   clock.Advance(absl::Seconds(5));
   EXPECT_EQ(clock.Now() - t0, absl::Seconds(5));
+}
+
+}  // namespace
+}  // namespace shuttle
+
+namespace shuttle {
+namespace {
+
+TEST(NormalizeFlagNames, DashesBecomeUnderscoresInNamesOnly) {
+  const char* raw[] = {
+      "prog",       "--data-dir", "/a-b",        "--metrics-listen=127.0.0.1:0", "-log-level=info",
+      "issue-cert", "--",         "--not-a-flag"};
+  std::vector<std::string> out = NormalizeFlagNames(8, const_cast<char**>(raw));
+  EXPECT_EQ(out,
+            (std::vector<std::string>{"prog", "--data_dir", "/a-b", "--metrics_listen=127.0.0.1:0",
+                                      "-log_level=info", "issue-cert", "--", "--not-a-flag"}));
+  std::vector<char*> argv = FlagArgv(out);
+  ASSERT_EQ(argv.size(), 9u);
+  EXPECT_EQ(argv[8], nullptr);
+  EXPECT_STREQ(argv[1], "--data_dir");
 }
 
 }  // namespace

@@ -17,6 +17,17 @@
 //   4. still tied: policy name, then rule order in the file (deterministic).
 // - Monitor: a winner from a `mode: monitor` policy or an `audit_only` rule has
 //   enforced=false; the agent then lets the call continue (the kernel's isolation still holds).
+//
+// Details the points above leave open (docs/policy-reference.md says the same):
+// - A subject or object VM selector that is empty or "*" matches any VM and the host.
+// - With a winning rule, the scope is computed against where the call goes: the redirect
+//   target's VM for a redirect; else the interaction's object VM; else the rule's object VM;
+//   else the subject's own VM (intra-vm).
+// - An `ask` winner: `verdict` is what its fail mode decides (deny unless `fail: open`), so a
+//   caller that does not ask fails safe; Verdict::NeedsAsk() tells the agent to ask.
+// - Object names as the agent reports them in Interaction.object_name: unix-connect path
+//   sockets by path, abstract sockets as "@" + name (as ss(8) shows them); tcp-connect and
+//   udp-send as "127.0.0.1:5432" or "[::1]:5432"; the others as their name or path.
 #ifndef SHUTTLE_POLICY_MATCHER_H_
 #define SHUTTLE_POLICY_MATCHER_H_
 
@@ -41,6 +52,14 @@ struct CompiledRule {
   int literal_length = 0;
   bool exact = false;
   uint32_t order = 0;  // Global tie-break order.
+
+  // Precomputed for the hot path. `rank` orders by the precedence above (higher wins; unique).
+  uint64_t rank = 0;
+  std::string_view program;  // Literal part of subject.program; empty: any program.
+  bool program_prefix = false;
+  bool has_uid = false;
+  uint32_t uid = 0;
+  std::string_view object_vm;  // Empty: any object VM.
 };
 
 // A cheap, non-owning view of an interaction for the hot path (no allocation to build one).
@@ -62,6 +81,10 @@ struct Verdict {
   const CompiledRule* rule = nullptr;
   bool enforced = true;
   std::string_view reason;  // Static text for defaults; "rule" otherwise.
+
+  // True if the winner is an `ask` rule: the agent asks the controller, and `verdict` (the
+  // rule's fail mode) applies only if no answer comes in time.
+  bool NeedsAsk() const { return rule != nullptr && rule->rule->action() == v1::ASK; }
 };
 
 // Full explanation: the winner and every matching rule that lost, with why.

@@ -41,14 +41,31 @@ absl::Status ErrorsToStatus(const std::vector<v1::ValidationError>& errors);
 // Convenience: ParsePolicyYaml folded into a StatusOr (errors via ErrorsToStatus).
 absl::StatusOr<v1::Policy> ParsePolicyOrStatus(std::string_view source, std::string_view filename);
 
+// The canonical YAML text of a policy (every field that is set, in the documented order), e.g.
+// for `shuttlectl policy get -o yaml`. ParsePolicyYaml(PolicyToYaml(p)) yields p again, except
+// for the rules' SourceLocation. Thread-safe.
+std::string PolicyToYaml(const v1::Policy& policy);
+
+// The parameters an `ask` rule gets for what its file leaves out: ttl 30s, offline_ttl 5m,
+// timeout 200ms, fail closed. ParsePolicyYaml fills them in, so a parsed ask rule has all four.
+v1::AskParams DefaultAskParams();
+
 // Names used in YAML and the CLI for enums: "unix-connect" <-> UNIX_CONNECT, "allow" <-> ALLOW,
 // "cross-vm" <-> CROSS_VM, etc. Parse* return nullopt for unknown names.
+// Name functions return "unspecified" for the zero value and "unknown" for values out of range,
+// except PolicyModeName / FailModeName, which name the documented default for the zero value.
 std::string_view KindName(v1::InteractionKind kind);
 std::optional<v1::InteractionKind> ParseKindName(std::string_view name);
 std::string_view ActionName(v1::Action action);
+std::optional<v1::Action> ParseActionName(std::string_view name);
 std::string_view VerdictName(v1::Verdict verdict);
 std::optional<v1::Verdict> ParseVerdictName(std::string_view name);
 std::string_view ScopeName(v1::Scope scope);
+std::optional<v1::Scope> ParseScopeName(std::string_view name);
+std::string_view PolicyModeName(v1::PolicyMode mode);  // "enforce" | "monitor"
+std::optional<v1::PolicyMode> ParsePolicyModeName(std::string_view name);
+std::string_view FailModeName(v1::FailMode mode);  // "closed" | "open"
+std::optional<v1::FailMode> ParseFailModeName(std::string_view name);
 
 }  // namespace shuttle::policy
 

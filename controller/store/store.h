@@ -20,12 +20,14 @@ namespace shuttle::controller {
 
 // A change to write. `policy` must already be validated by the caller.
 struct PolicyWrite {
-  std::string name;
+  std::string name;    // Non-empty (else INVALID_ARGUMENT).
   std::string source;  // YAML as applied.
-  v1::Policy policy;
+  v1::Policy policy;   // policy.name(), when set, must equal `name` (else INVALID_ARGUMENT).
   std::string author;
   std::string change;  // "apply", "rollback to 3".
   // When set, the write fails with ABORTED unless the current revision equals this (0 = none).
+  // A deleted policy's current revision is 0. Checked before the "unchanged" shortcut, so a
+  // stale writer always learns that it is stale.
   std::optional<uint64_t> expected_revision;
 };
 
@@ -40,11 +42,14 @@ class Store {
   virtual absl::StatusOr<v1::PolicyRevision> PutPolicy(const PolicyWrite& write,
                                                        bool* unchanged) = 0;
 
-  // Writes a tombstone revision and bumps the fleet version. NOT_FOUND if not live.
+  // Writes a tombstone revision (deleted, change "delete", empty source and policy) and bumps the
+  // fleet version. NOT_FOUND if not live. Applying the name again continues its revisions.
   virtual absl::StatusOr<v1::PolicyRevision> DeletePolicy(const std::string& name,
                                                           const std::string& author) = 0;
 
   // revision 0 = current live revision. NOT_FOUND if absent (or deleted, for revision 0).
+  // A stored revision that can't be read back (damaged data) is DATA_LOSS naming it; this holds
+  // for every read below.
   virtual absl::StatusOr<v1::PolicyRevision> GetPolicy(const std::string& name,
                                                        uint64_t revision) = 0;
 

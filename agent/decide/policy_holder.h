@@ -1,0 +1,39 @@
+// The agent's current compiled policy. Writers (policy file load now, the controller stream in
+// issue 4) swap in a new immutable snapshot by pointer; readers on the notification loop take
+// the pointer and never wait for a writer (STYLE.md, "Shared state").
+#ifndef SHUTTLE_AGENT_DECIDE_POLICY_HOLDER_H_
+#define SHUTTLE_AGENT_DECIDE_POLICY_HOLDER_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "policy/matcher.h"
+
+namespace shuttle::agent {
+
+// Thread-safe.
+class PolicyHolder {
+ public:
+  // Starts with an empty policy (version 0): intra-VM allowed, everything else denied.
+  PolicyHolder();
+
+  std::shared_ptr<const policy::CompiledPolicy> Get() const { return current_.load(); }
+  void Set(std::shared_ptr<const policy::CompiledPolicy> compiled) {
+    current_.store(std::move(compiled));
+  }
+
+ private:
+  std::atomic<std::shared_ptr<const policy::CompiledPolicy>> current_;
+};
+
+// Reads one YAML policy file (same format as the controller's) and compiles the part that
+// applies to `host_id`. Errors name the file, line and field. `version` becomes the snapshot's
+// policy version.
+absl::StatusOr<std::shared_ptr<const policy::CompiledPolicy>> LoadPolicyFile(
+    const std::string& path, const std::string& host_id, uint64_t version);
+
+}  // namespace shuttle::agent
+
+#endif  // SHUTTLE_AGENT_DECIDE_POLICY_HOLDER_H_

@@ -1,0 +1,752 @@
+#include "controller/store/sqlite_store.h"
+
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <limits>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
+#include "absl/strings/string_view.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+
+namespace shuttle::controller {
+namespace {
+
+// PRAGMA application_id of a Shuttle controller database ("SHUT"), so a file of another program
+// (which may well have its own schema_migrations table) is refused instead of migrated.
+constexpr int32_t kApplicationId = 0x53485554;
+
+// Tables use STRICT (SQLite >= 3.37) so a value of the wrong type is refused when written.
+constexpr int kMinSqliteVersion = 3'037'000;
+// Times are Unix microseconds (what PostgreSQL's timestamptz keeps too).
+constexpr SqliteMigration kMigrations[] = {
+    {1, "policies",
+     R"sql(
+CREATE TABLE fleet (
+  id INTEGER PRIMARY KEY CHECK (id = 1),
+  version INTEGER NOT NULL CHECK (version >= 0)
+) STRICT;
+INSERT INTO fleet (id, version) VALUES (1, 0);
+
+-- Every revision of every policy, tombstones included. The live revision of a policy is its
+-- highest one, unless that is a tombstone.
+CREATE TABLE policy_revisions (
+  name TEXT NOT NULL CHECK (name <> ''),
+  revision INTEGER NOT NULL CHECK (revision >= 1),
+  fleet_version INTEGER NOT NULL UNIQUE CHECK (fleet_version >= 1),
+  source TEXT NOT NULL,
+  policy BLOB NOT NULL,  -- shuttle.v1.Policy, serialized; empty for a tombstone.
+  created_unix_micros INTEGER NOT NULL,
+  author TEXT NOT NULL,
+  change TEXT NOT NULL,
+  deleted INTEGER NOT NULL CHECK (deleted IN (0, 1)),
+  PRIMARY KEY (name, revision)
+) STRICT;
+)sql"},
+};
+
+constexpr char kRevisionColumns[] =
+    "name, revision, fleet_version, source, policy, created_unix_micros, author, change, deleted";
+
+absl::StatusCode CodeForSqlite(int rc) {
+  switch (rc & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+      return absl::StatusCode::kUnavailable;
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+      return absl::StatusCode::kDataLoss;
+    case SQLITE_FULL:
+    case SQLITE_NOMEM:
+      return absl::StatusCode::kResourceExhausted;
+    case SQLITE_READONLY:
+    case SQLITE_CANTOPEN:
+    case SQLITE_PERM:
+    case SQLITE_AUTH:
+      return absl::StatusCode::kFailedPrecondition;
+    default:
+      return absl::StatusCode::kInternal;
+  }
+}
+
+std::string Quote(absl::string_view s) { return absl::StrCat("\"", s, "\""); }
+
+// The connection and the file it is on, for error messages. Not owning.
+struct Db {
+  sqlite3* handle;
+  absl::string_view path;
+
+  // A status for the last failed call on `handle`: the path, what we were doing, and SQLite's own
+  // message (sqlite3_errmsg) with its extended code.
+  absl::Status Error(absl::string_view what) const {
+    int rc = sqlite3_extended_errcode(handle);
+    return absl::Status(CodeForSqlite(rc),
+                        absl::StrCat("SQLite store ", path, ": ", what, ": ",
+                                     sqlite3_errmsg(handle), " (code ", rc, ")"));
+  }
+
+  absl::Status Status(absl::StatusCode code, absl::string_view message) const {
+    return absl::Status(code, absl::StrCat("SQLite store ", path, ": ", message));
+  }
+
+  absl::Status Exec(const char* sql, absl::string_view what) const {
+    if (sqlite3_exec(handle, sql, nullptr, nullptr, nullptr) != SQLITE_OK) return Error(what);
+    return absl::OkStatus();
+  }
+};
+
+// One prepared statement. Bind errors are remembered and reported by the first Step().
+class Statement {
+ public:
+  Statement(Db db, std::string sql) : db_(db), sql_(std::move(sql)) {
+    if (sqlite3_prepare_v2(db.handle, sql_.c_str(), static_cast<int>(sql_.size() + 1), &stmt_,
+                           nullptr) != SQLITE_OK) {
+      status_ = db_.Error(What("prepare"));
+    }
+  }
+  ~Statement() { sqlite3_finalize(stmt_); }
+  Statement(const Statement&) = delete;
+  Statement& operator=(const Statement&) = delete;
+
+  // Binds parameter `i` (1-based).
+  Statement& BindInt(int i, int64_t value) {
+    return Check(stmt_ == nullptr ? SQLITE_OK : sqlite3_bind_int64(stmt_, i, value));
+  }
+  Statement& BindText(int i, absl::string_view value) {
+    return Check(stmt_ == nullptr ? SQLITE_OK
+                                  : sqlite3_bind_text64(stmt_, i, value.data(), value.size(),
+                                                        SQLITE_TRANSIENT, SQLITE_UTF8));
+  }
+  Statement& BindBlob(int i, absl::string_view value) {
+    // A non-null pointer even for an empty value: SQLite binds a null pointer as NULL.
+    const char* data = value.empty() ? "" : value.data();
+    return Check(stmt_ == nullptr
+                     ? SQLITE_OK
+                     : sqlite3_bind_blob64(stmt_, i, data, value.size(), SQLITE_TRANSIENT));
+  }
+
+  // True when a row is ready, false when the statement is done.
+  absl::StatusOr<bool> Step() {
+    SHUTTLE_RETURN_IF_ERROR(status_);
+    int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    status_ = db_.Error(What("step"));
+    return status_;
+  }
+  // Runs a statement that returns no rows (or whose rows don't matter).
+  absl::Status Run() {
+    for (;;) {
+      SHUTTLE_ASSIGN_OR_RETURN(bool row, Step());
+      if (!row) return absl::OkStatus();
+    }
+  }
+
+  int Type(int col) const { return sqlite3_column_type(stmt_, col); }
+  int64_t Int(int col) const { return sqlite3_column_int64(stmt_, col); }
+  std::string Text(int col) const {
+    const unsigned char* text = sqlite3_column_text(stmt_, col);
+    if (text == nullptr) return "";
+    return std::string(reinterpret_cast<const char*>(text),
+                       static_cast<size_t>(sqlite3_column_bytes(stmt_, col)));
+  }
+  absl::string_view Blob(int col) const {
+    const void* blob = sqlite3_column_blob(stmt_, col);
+    if (blob == nullptr) return {};
+    return absl::string_view(static_cast<const char*>(blob),
+                             static_cast<size_t>(sqlite3_column_bytes(stmt_, col)));
+  }
+
+ private:
+  std::string What(absl::string_view action) const {
+    constexpr size_t kMaxSql = 60;
+    absl::string_view sql = sql_;
+    sql.remove_prefix(std::min(sql.size(), sql.find_first_not_of(" \n")));
+    if (sql.size() > kMaxSql) return absl::StrCat(action, " \"", sql.substr(0, kMaxSql), "...\"");
+    return absl::StrCat(action, " \"", sql, "\"");
+  }
+  Statement& Check(int rc) {
+    if (rc != SQLITE_OK && status_.ok()) status_ = db_.Error(What("bind"));
+    return *this;
+  }
+
+  Db db_;
+  std::string sql_;
+  sqlite3_stmt* stmt_ = nullptr;
+  absl::Status status_;
+};
+
+// Runs a query that returns exactly one integer.
+absl::StatusOr<int64_t> QueryInt(Db db, absl::string_view sql) {
+  Statement s(db, std::string{sql});
+  SHUTTLE_ASSIGN_OR_RETURN(bool row, s.Step());
+  if (!row || s.Type(0) != SQLITE_INTEGER) {
+    return db.Status(absl::StatusCode::kInternal, absl::StrCat("\"", sql, "\" gave no integer"));
+  }
+  return s.Int(0);
+}
+
+// An IMMEDIATE transaction: takes the database's write lock at BEGIN, so everything read inside
+// it is still current at COMMIT. Rolled back on destruction unless committed.
+class Transaction {
+ public:
+  explicit Transaction(Db db) : db_(db) {}
+  ~Transaction() {
+    if (!begun_ || committed_ || sqlite3_get_autocommit(db_.handle)) return;
+    if (sqlite3_exec(db_.handle, "ROLLBACK", nullptr, nullptr, nullptr) != SQLITE_OK) {
+      SHUTTLE_LOG(ERROR) << db_.Error("rollback");
+    }
+  }
+  Transaction(const Transaction&) = delete;
+  Transaction& operator=(const Transaction&) = delete;
+
+  absl::Status Begin() {
+    SHUTTLE_RETURN_IF_ERROR(db_.Exec("BEGIN IMMEDIATE", "begin transaction"));
+    begun_ = true;
+    return absl::OkStatus();
+  }
+  // Once this returns OK the change is durable (synchronous=FULL).
+  absl::Status Commit() {
+    SHUTTLE_RETURN_IF_ERROR(db_.Exec("COMMIT", "commit"));
+    committed_ = true;
+    return absl::OkStatus();
+  }
+
+ private:
+  Db db_;
+  bool begun_ = false;
+  bool committed_ = false;
+};
+
+google::protobuf::Timestamp TimestampFromMicros(int64_t micros) {
+  constexpr int64_t kMicrosPerSecond = 1'000'000;
+  int64_t seconds = micros / kMicrosPerSecond;
+  int64_t rest = micros % kMicrosPerSecond;
+  if (rest < 0) {
+    rest += kMicrosPerSecond;
+    --seconds;
+  }
+  google::protobuf::Timestamp ts;
+  ts.set_seconds(seconds);
+  ts.set_nanos(static_cast<int32_t>(rest * 1000));
+  return ts;
+}
+
+// Reads one row selected as kRevisionColumns. A row that a sound database can't hold is DATA_LOSS
+// naming the policy and revision; never a crash.
+absl::StatusOr<v1::PolicyRevision> ReadRevision(Db db, const Statement& s) {
+  v1::PolicyRevision out;
+  out.set_name(s.Text(0));
+  // Ask each column's type before reading it: reading may convert the value.
+  const bool revision_is_int = s.Type(1) == SQLITE_INTEGER;
+  const int64_t revision = s.Int(1);
+  auto bad = [&](absl::string_view what) {
+    return db.Status(absl::StatusCode::kDataLoss,
+                     absl::StrCat("policy ", Quote(out.name()), " revision ",
+                                  revision_is_int ? absl::StrCat(revision) : "?", ": ", what));
+  };
+  if (!revision_is_int || revision < 1) return bad("bad revision");
+  out.set_revision(static_cast<uint64_t>(revision));
+  if (s.Type(2) != SQLITE_INTEGER || s.Int(2) < 1) return bad("bad fleet_version");
+  out.set_fleet_version(static_cast<uint64_t>(s.Int(2)));
+  if (s.Type(3) != SQLITE_TEXT) return bad("source is not text");
+  out.set_source(s.Text(3));
+  if (s.Type(4) != SQLITE_BLOB) return bad("policy is not a blob");
+  absl::string_view blob = s.Blob(4);
+  if (blob.size() > static_cast<size_t>(std::numeric_limits<int>::max()) ||
+      !out.mutable_policy()->ParseFromArray(blob.data(), static_cast<int>(blob.size()))) {
+    return bad(absl::StrCat("stored policy (", blob.size(), " bytes) does not parse"));
+  }
+  if (s.Type(5) != SQLITE_INTEGER) return bad("bad created_unix_micros");
+  *out.mutable_created() = TimestampFromMicros(s.Int(5));
+  if (s.Type(6) != SQLITE_TEXT || s.Type(7) != SQLITE_TEXT) return bad("author/change not text");
+  out.set_author(s.Text(6));
+  out.set_change(s.Text(7));
+  if (s.Type(8) != SQLITE_INTEGER || (s.Int(8) != 0 && s.Int(8) != 1)) return bad("bad deleted");
+  out.set_deleted(s.Int(8) == 1);
+  return out;
+}
+
+// The state of a policy that a write depends on: its highest revision, whether that is a
+// tombstone, and its source. Reads no blob, so a damaged live revision can still be replaced.
+struct Head {
+  uint64_t revision = 0;  // 0: never existed.
+  bool deleted = false;
+  std::string source;
+
+  bool live() const { return revision != 0 && !deleted; }
+  uint64_t live_revision() const { return live() ? revision : 0; }
+};
+
+absl::StatusOr<Head> ReadHead(Db db, const std::string& name) {
+  Statement s(db,
+              "SELECT revision, deleted, source FROM policy_revisions WHERE name = ?1 "
+              "ORDER BY revision DESC LIMIT 1");
+  s.BindText(1, name);
+  SHUTTLE_ASSIGN_OR_RETURN(bool row, s.Step());
+  Head head;
+  if (!row) return head;
+  if (s.Type(0) != SQLITE_INTEGER || s.Int(0) < 1 || s.Type(1) != SQLITE_INTEGER) {
+    return db.Status(absl::StatusCode::kDataLoss,
+                     absl::StrCat("policy ", Quote(name), ": bad latest revision row"));
+  }
+  head.revision = static_cast<uint64_t>(s.Int(0));
+  head.deleted = s.Int(1) != 0;
+  head.source = s.Text(2);
+  return head;
+}
+
+absl::StatusOr<v1::PolicyRevision> ReadRevisionAt(Db db, const std::string& name,
+                                                  uint64_t revision) {
+  std::string sql = absl::StrCat("SELECT ", kRevisionColumns,
+                                 " FROM policy_revisions WHERE name = ?1 AND revision = ?2");
+  Statement s(db, sql);
+  s.BindText(1, name).BindInt(2, static_cast<int64_t>(revision));
+  SHUTTLE_ASSIGN_OR_RETURN(bool row, s.Step());
+  if (!row) {
+    return absl::NotFoundError(absl::StrCat("policy ", Quote(name), " has no revision ", revision));
+  }
+  return ReadRevision(db, s);
+}
+
+absl::Status ValidateMigrations(std::span<const SqliteMigration> migrations) {
+  if (migrations.empty()) return absl::InvalidArgumentError("SQLite store: no migrations");
+  for (size_t i = 0; i < migrations.size(); ++i) {
+    if (migrations[i].version != static_cast<int>(i + 1) || migrations[i].name.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("SQLite store: migration #", i, " must have version ", i + 1,
+                       " and a name, has version ", migrations[i].version));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Creates the file with owner-only permissions (SQLite gives its WAL the same): the database
+// will hold join tokens and audit records. An existing file is left alone. The directory is
+// synced so that the new file's name survives a power loss too.
+absl::Status CreateFileIfAbsent(const std::string& path) {
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) {
+    int err = errno;
+    if (err == EEXIST) return absl::OkStatus();
+    return absl::ErrnoToStatus(err, absl::StrCat("SQLite store ", path, ": create"));
+  }
+  ::close(fd);
+  size_t slash = path.rfind('/');
+  std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir_fd < 0 || ::fsync(dir_fd) != 0) {
+    int err = errno;
+    if (dir_fd >= 0) ::close(dir_fd);
+    return absl::ErrnoToStatus(err, absl::StrCat("SQLite store ", path, ": sync directory ", dir));
+  }
+  ::close(dir_fd);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::span<const SqliteMigration> SqliteMigrations() { return kMigrations; }
+
+SqliteStore::SqliteStore(std::string path, Clock& clock, sqlite3* db)
+    : path_(std::move(path)), clock_(clock), db_(db) {}
+
+SqliteStore::~SqliteStore() {
+  absl::MutexLock lock(&mu_);
+  // The last connection to close checkpoints the WAL and removes it.
+  if (sqlite3_close_v2(db_) != SQLITE_OK) {
+    SHUTTLE_LOG(ERROR) << Error("close");
+  }
+}
+
+absl::StatusOr<std::unique_ptr<SqliteStore>> SqliteStore::Open(const std::string& path,
+                                                               Clock& clock,
+                                                               const SqliteStoreOptions& options) {
+  if (path.empty() || path == ":memory:" || path.starts_with("file:")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("SQLite store needs a file path, got ", Quote(path)));
+  }
+  if (sqlite3_libversion_number() < kMinSqliteVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "SQLite store ", path, ": SQLite ", sqlite3_libversion(), " is too old (need 3.37)"));
+  }
+  SHUTTLE_RETURN_IF_ERROR(ValidateMigrations(options.migrations));
+  SHUTTLE_RETURN_IF_ERROR(CreateFileIfAbsent(path));
+
+  sqlite3* handle = nullptr;
+  // NOMUTEX: the store's own mutex serialises use of the connection.
+  int rc =
+      sqlite3_open_v2(path.c_str(), &handle,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, nullptr);
+  if (rc != SQLITE_OK) {
+    absl::Status status = handle == nullptr
+                              ? absl::ResourceExhaustedError(absl::StrCat(
+                                    "SQLite store ", path, ": open: ", sqlite3_errstr(rc)))
+                              : Db{handle, path}.Error("open");
+    sqlite3_close_v2(handle);
+    return status;
+  }
+  // From here the store owns the handle and closes it, also on failure.
+  std::unique_ptr<SqliteStore> store(new SqliteStore(path, clock, handle));
+  absl::MutexLock lock(&store->mu_);
+  SHUTTLE_RETURN_IF_ERROR(store->Configure(options));
+  SHUTTLE_RETURN_IF_ERROR(store->Migrate(options.migrations));
+  return store;
+}
+
+absl::Status SqliteStore::Error(absl::string_view what) const { return Db{db_, path_}.Error(what); }
+
+absl::Status SqliteStore::Exec(const char* sql) { return Db{db_, path_}.Exec(sql, sql); }
+
+absl::Status SqliteStore::Configure(const SqliteStoreOptions& options) {
+  Db db{db_, path_};
+  sqlite3_extended_result_codes(db_, 1);
+  if (sqlite3_busy_timeout(
+          db_, static_cast<int>(absl::ToInt64Milliseconds(options.busy_timeout))) != SQLITE_OK) {
+    return Error("set busy_timeout");
+  }
+  // The first statement that reads the file: a file that is not a database fails here.
+  {
+    Statement s(db, "PRAGMA journal_mode = WAL");
+    SHUTTLE_ASSIGN_OR_RETURN(bool row, s.Step());
+    std::string mode = row ? s.Text(0) : "";
+    if (mode != "wal") {
+      return db.Status(absl::StatusCode::kFailedPrecondition,
+                       absl::StrCat("cannot use write-ahead logging (journal_mode is ", Quote(mode),
+                                    "); is the file system local?"));
+    }
+  }
+  if (sqlite3_db_readonly(db_, "main") == 1) {
+    return db.Status(absl::StatusCode::kFailedPrecondition,
+                     "opened read-only: the file or its directory is not writable");
+  }
+  SHUTTLE_RETURN_IF_ERROR(Exec("PRAGMA synchronous = FULL"));
+  SHUTTLE_RETURN_IF_ERROR(Exec("PRAGMA foreign_keys = ON"));
+  // Schema may not run SQL functions with side effects; extra page checks turn some corruption
+  // into SQLITE_CORRUPT instead of undefined reads.
+  SHUTTLE_RETURN_IF_ERROR(Exec("PRAGMA trusted_schema = OFF"));
+  SHUTTLE_RETURN_IF_ERROR(Exec("PRAGMA cell_size_check = ON"));
+  SHUTTLE_RETURN_IF_ERROR(
+      Exec(absl::StrCat("PRAGMA wal_autocheckpoint = ", options.wal_autocheckpoint_pages).c_str()));
+
+  // Pragmas fail silently (an unknown name, or inside a transaction): check what took effect.
+  SHUTTLE_ASSIGN_OR_RETURN(int64_t synchronous, QueryInt(db, "PRAGMA synchronous"));
+  SHUTTLE_ASSIGN_OR_RETURN(int64_t foreign_keys, QueryInt(db, "PRAGMA foreign_keys"));
+  if (synchronous != 2 || foreign_keys != 1) {
+    return db.Status(absl::StatusCode::kInternal,
+                     absl::StrCat("connection settings did not take effect: synchronous=",
+                                  synchronous, " foreign_keys=", foreign_keys));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SqliteStore::Migrate(std::span<const SqliteMigration> migrations) {
+  Db db{db_, path_};
+  const int known = static_cast<int>(migrations.size());
+  // One transaction per migration; each re-reads the version under the write lock, so two
+  // processes opening one file at once apply each migration once.
+  for (;;) {
+    Transaction tx(db);
+    SHUTTLE_RETURN_IF_ERROR(tx.Begin());
+    SHUTTLE_ASSIGN_OR_RETURN(int64_t app_id, QueryInt(db, "PRAGMA application_id"));
+    SHUTTLE_ASSIGN_OR_RETURN(int64_t has_table,
+                             QueryInt(db,
+                                      "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND "
+                                      "name = 'schema_migrations'"));
+    if (has_table == 0) {
+      SHUTTLE_ASSIGN_OR_RETURN(int64_t objects, QueryInt(db, "SELECT count(*) FROM sqlite_schema"));
+      if (objects != 0 || app_id != 0) {
+        return db.Status(absl::StatusCode::kFailedPrecondition,
+                         "not a Shuttle controller database: it has other contents and no "
+                         "schema_migrations table");
+      }
+      SHUTTLE_RETURN_IF_ERROR(
+          Exec("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+               "applied_unix_micros INTEGER NOT NULL) STRICT"));
+      SHUTTLE_RETURN_IF_ERROR(
+          Exec(absl::StrCat("PRAGMA application_id = ", kApplicationId).c_str()));
+    } else if (app_id != kApplicationId) {
+      return db.Status(absl::StatusCode::kFailedPrecondition,
+                       absl::StrFormat("not a Shuttle controller database (application_id "
+                                       "0x%08x, expected 0x%08x)",
+                                       app_id, kApplicationId));
+    }
+
+    // The applied migrations must be a prefix of the known list (same versions and names), or
+    // of a longer list from a newer build.
+    int current = 0;
+    {
+      Statement s(db, "SELECT version, name FROM schema_migrations ORDER BY version");
+      for (;;) {
+        SHUTTLE_ASSIGN_OR_RETURN(bool row, s.Step());
+        if (!row) break;
+        const bool version_is_int = s.Type(0) == SQLITE_INTEGER;
+        const int64_t version = s.Int(0);
+        std::string name = s.Text(1);
+        if (!version_is_int || version != current + 1) {
+          return db.Status(absl::StatusCode::kDataLoss,
+                           absl::StrCat("schema_migrations is damaged: expected version ",
+                                        current + 1, ", found ", s.Text(0)));
+        }
+        if (version <= known && name != migrations[version - 1].name) {
+          return db.Status(
+              absl::StatusCode::kFailedPrecondition,
+              absl::StrCat("schema migration ", version, " in the file is ", Quote(name),
+                           " but this build's is ", Quote(migrations[version - 1].name),
+                           ": the file was written by an incompatible build"));
+        }
+        current = static_cast<int>(version);
+      }
+    }
+    if (current > known) {
+      return db.Status(
+          absl::StatusCode::kFailedPrecondition,
+          absl::StrCat("schema version ", current, " is newer than this build supports (", known,
+                       "): run a newer shuttle-controller; downgrades are not "
+                       "supported"));
+    }
+    if (current == known) return tx.Commit();
+
+    const SqliteMigration& m = migrations[current];
+    const std::string what = absl::StrCat("migration ", m.version, " (", m.name, ")");
+    SHUTTLE_RETURN_IF_ERROR(db.Exec(std::string(m.sql).c_str(), what));
+    Statement insert(db,
+                     "INSERT INTO schema_migrations (version, name, applied_unix_micros) "
+                     "VALUES (?1, ?2, ?3)");
+    insert.BindInt(1, m.version).BindText(2, m.name).BindInt(3, absl::ToUnixMicros(clock_.Now()));
+    SHUTTLE_RETURN_IF_ERROR(insert.Run());
+    SHUTTLE_RETURN_IF_ERROR(tx.Commit());
+    SHUTTLE_LOG(INFO) << "SQLite store " << path_ << ": applied schema " << what;
+  }
+}
+
+absl::StatusOr<v1::PolicyRevision> SqliteStore::AppendRevision(v1::PolicyRevision revision) {
+  Db db{db_, path_};
+  int64_t fleet_version = 0;
+  {
+    Statement bump(db, "UPDATE fleet SET version = version + 1 WHERE id = 1 RETURNING version");
+    SHUTTLE_ASSIGN_OR_RETURN(bool row, bump.Step());
+    if (!row || bump.Type(0) != SQLITE_INTEGER) {
+      return db.Status(absl::StatusCode::kDataLoss, "the fleet version row is missing");
+    }
+    fleet_version = bump.Int(0);
+    SHUTTLE_RETURN_IF_ERROR(bump.Run());
+  }
+  std::string blob;
+  revision.mutable_policy();  // Present even when empty (tombstones), as it reads back.
+  if (!revision.policy().SerializeToString(&blob)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("policy ", Quote(revision.name()), " does not serialize"));
+  }
+  const int64_t created_micros = absl::ToUnixMicros(clock_.Now());
+  Statement insert(db, absl::StrCat("INSERT INTO policy_revisions (", kRevisionColumns,
+                                    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"));
+  insert.BindText(1, revision.name())
+      .BindInt(2, static_cast<int64_t>(revision.revision()))
+      .BindInt(3, fleet_version)
+      .BindText(4, revision.source())
+      .BindBlob(5, blob)
+      .BindInt(6, created_micros)
+      .BindText(7, revision.author())
+      .BindText(8, revision.change())
+      .BindInt(9, revision.deleted() ? 1 : 0);
+  SHUTTLE_RETURN_IF_ERROR(insert.Run());
+  revision.set_fleet_version(static_cast<uint64_t>(fleet_version));
+  *revision.mutable_created() = TimestampFromMicros(created_micros);
+  return revision;
+}
+
+absl::StatusOr<v1::PolicyRevision> SqliteStore::PutPolicy(const PolicyWrite& write,
+                                                          bool* unchanged) {
+  if (unchanged != nullptr) *unchanged = false;
+  if (write.name.empty()) return absl::InvalidArgumentError("policy name is empty");
+  if (!write.policy.name().empty() && write.policy.name() != write.name) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("policy ", Quote(write.name), " carries name ", Quote(write.policy.name())));
+  }
+  absl::MutexLock lock(&mu_);
+  Db db{db_, path_};
+  Transaction tx(db);
+  SHUTTLE_RETURN_IF_ERROR(tx.Begin());
+  SHUTTLE_ASSIGN_OR_RETURN(Head head, ReadHead(db, write.name));
+  if (write.expected_revision.has_value() && *write.expected_revision != head.live_revision()) {
+    std::string current = head.revision == 0 ? "it does not exist"
+                          : head.deleted
+                              ? absl::StrCat("it is deleted (revision ", head.revision, ")")
+                              : absl::StrCat("its current revision is ", head.revision);
+    return absl::AbortedError(absl::StrCat("policy ", Quote(write.name), ": expected revision ",
+                                           *write.expected_revision, " but ", current));
+  }
+  if (head.live() && head.source == write.source) {
+    if (unchanged != nullptr) *unchanged = true;
+    return ReadRevisionAt(db, write.name, head.revision);  // tx rolls back: nothing written.
+  }
+  v1::PolicyRevision revision;
+  revision.set_name(write.name);
+  revision.set_revision(head.revision + 1);
+  revision.set_source(write.source);
+  *revision.mutable_policy() = write.policy;
+  revision.set_author(write.author);
+  revision.set_change(write.change);
+  SHUTTLE_ASSIGN_OR_RETURN(revision, AppendRevision(std::move(revision)));
+  SHUTTLE_RETURN_IF_ERROR(tx.Commit());
+  return revision;
+}
+
+absl::StatusOr<v1::PolicyRevision> SqliteStore::DeletePolicy(const std::string& name,
+                                                             const std::string& author) {
+  absl::MutexLock lock(&mu_);
+  Db db{db_, path_};
+  Transaction tx(db);
+  SHUTTLE_RETURN_IF_ERROR(tx.Begin());
+  SHUTTLE_ASSIGN_OR_RETURN(Head head, ReadHead(db, name));
+  if (!head.live()) {
+    return absl::NotFoundError(
+        absl::StrCat("policy ", Quote(name), head.deleted ? " is already deleted" : " not found"));
+  }
+  v1::PolicyRevision tombstone;
+  tombstone.set_name(name);
+  tombstone.set_revision(head.revision + 1);
+  tombstone.set_author(author);
+  tombstone.set_change("delete");
+  tombstone.set_deleted(true);
+  SHUTTLE_ASSIGN_OR_RETURN(tombstone, AppendRevision(std::move(tombstone)));
+  SHUTTLE_RETURN_IF_ERROR(tx.Commit());
+  return tombstone;
+}
+
+absl::StatusOr<v1::PolicyRevision> SqliteStore::GetPolicy(const std::string& name,
+                                                          uint64_t revision) {
+  if (revision > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+    return absl::NotFoundError(absl::StrCat("policy ", Quote(name), " has no revision ", revision));
+  }
+  absl::MutexLock lock(&mu_);
+  Db db{db_, path_};
+  if (revision != 0) return ReadRevisionAt(db, name, revision);
+  // One statement, so it reads one consistent snapshot even with writers on other connections.
+  Statement s(db, absl::StrCat("SELECT ", kRevisionColumns,
+                               " FROM policy_revisions WHERE name = ?1 ORDER BY revision DESC "
+                               "LIMIT 1"));
+  s.BindText(1, name);
+  SHUTTLE_ASSIGN_OR_RETURN(bool row, s.Step());
+  if (!row) return absl::NotFoundError(absl::StrCat("policy ", Quote(name), " not found"));
+  SHUTTLE_ASSIGN_OR_RETURN(v1::PolicyRevision latest, ReadRevision(db, s));
+  if (latest.deleted()) {
+    return absl::NotFoundError(
+        absl::StrCat("policy ", Quote(name), " is deleted (revision ", latest.revision(), ")"));
+  }
+  return latest;
+}
+
+absl::StatusOr<std::vector<v1::PolicyRevision>> SqliteStore::ListPolicies() {
+  absl::MutexLock lock(&mu_);
+  Db db{db_, path_};
+  Statement s(db, absl::StrCat("SELECT ", kRevisionColumns,
+                               " FROM policy_revisions JOIN (SELECT name, max(revision) AS "
+                               "revision FROM policy_revisions GROUP BY name) USING (name, "
+                               "revision) WHERE deleted = 0 ORDER BY name"));
+  std::vector<v1::PolicyRevision> out;
+  for (;;) {
+    SHUTTLE_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) return out;
+    SHUTTLE_ASSIGN_OR_RETURN(v1::PolicyRevision revision, ReadRevision(db, s));
+    out.push_back(std::move(revision));
+  }
+}
+
+absl::StatusOr<std::vector<v1::PolicyRevision>> SqliteStore::PolicyHistory(
+    const std::string& name) {
+  absl::MutexLock lock(&mu_);
+  Db db{db_, path_};
+  Statement s(db, absl::StrCat("SELECT ", kRevisionColumns,
+                               " FROM policy_revisions WHERE name = ?1 ORDER BY revision"));
+  s.BindText(1, name);
+  std::vector<v1::PolicyRevision> out;
+  for (;;) {
+    SHUTTLE_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) break;
+    SHUTTLE_ASSIGN_OR_RETURN(v1::PolicyRevision revision, ReadRevision(db, s));
+    out.push_back(std::move(revision));
+  }
+  if (out.empty()) return absl::NotFoundError(absl::StrCat("policy ", Quote(name), " not found"));
+  return out;
+}
+
+absl::StatusOr<uint64_t> SqliteStore::FleetVersion() {
+  absl::MutexLock lock(&mu_);
+  Db db{db_, path_};
+  Statement s(db, "SELECT version FROM fleet WHERE id = 1");
+  SHUTTLE_ASSIGN_OR_RETURN(bool row, s.Step());
+  if (!row || s.Type(0) != SQLITE_INTEGER || s.Int(0) < 0) {
+    return db.Status(absl::StatusCode::kDataLoss, "the fleet version row is missing or damaged");
+  }
+  return static_cast<uint64_t>(s.Int(0));
+}
+
+absl::Status SqliteStore::CheckIntegrity() {
+  absl::MutexLock lock(&mu_);
+  Db db{db_, path_};
+  std::vector<std::string> problems;
+  {
+    Statement s(db, "PRAGMA integrity_check(20)");
+    for (;;) {
+      SHUTTLE_ASSIGN_OR_RETURN(bool row, s.Step());
+      if (!row) break;
+      std::string line = s.Text(0);
+      if (line != "ok") problems.push_back(absl::StrReplaceAll(line, {{"\n", "; "}}));
+    }
+  }
+  {
+    Statement s(db, "PRAGMA foreign_key_check");
+    for (;;) {
+      SHUTTLE_ASSIGN_OR_RETURN(bool row, s.Step());
+      if (!row) break;
+      problems.push_back(absl::StrCat("foreign key violation in table ", s.Text(0), " row ",
+                                      s.Int(1), " -> ", s.Text(2)));
+    }
+  }
+  if (problems.empty()) return absl::OkStatus();
+  return db.Status(absl::StatusCode::kDataLoss,
+                   absl::StrCat("integrity check failed: ", absl::StrJoin(problems, "; ")));
+}
+
+absl::StatusOr<int> SqliteStore::SchemaVersion() {
+  absl::MutexLock lock(&mu_);
+  SHUTTLE_ASSIGN_OR_RETURN(
+      int64_t version,
+      QueryInt(Db{db_, path_}, "SELECT coalesce(max(version), 0) FROM schema_migrations"));
+  return static_cast<int>(version);
+}
+
+absl::StatusOr<SqliteConnectionSettings> SqliteStore::Settings() {
+  absl::MutexLock lock(&mu_);
+  Db db{db_, path_};
+  SqliteConnectionSettings out;
+  {
+    Statement s(db, "PRAGMA journal_mode");
+    SHUTTLE_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (row) out.journal_mode = s.Text(0);
+  }
+  SHUTTLE_ASSIGN_OR_RETURN(int64_t synchronous, QueryInt(db, "PRAGMA synchronous"));
+  SHUTTLE_ASSIGN_OR_RETURN(int64_t foreign_keys, QueryInt(db, "PRAGMA foreign_keys"));
+  SHUTTLE_ASSIGN_OR_RETURN(int64_t busy_timeout, QueryInt(db, "PRAGMA busy_timeout"));
+  out.synchronous = static_cast<int>(synchronous);
+  out.foreign_keys = foreign_keys != 0;
+  out.busy_timeout_ms = static_cast<int>(busy_timeout);
+  return out;
+}
+
+absl::StatusOr<StorePtr> OpenSqliteStore(const std::string& path, Clock& clock) {
+  SHUTTLE_ASSIGN_OR_RETURN(std::unique_ptr<SqliteStore> store, SqliteStore::Open(path, clock));
+  return StorePtr(std::move(store));
+}
+
+}  // namespace shuttle::controller

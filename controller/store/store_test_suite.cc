@@ -1,0 +1,451 @@
+#include "controller/store/store_test_suite.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "common/status_matchers.h"
+#include "controller/store/store_testing.h"
+#include "gmock/gmock.h"
+#include "google/protobuf/util/message_differencer.h"
+#include "google/protobuf/util/time_util.h"
+
+namespace shuttle::controller::testing {
+
+void StoreTest::SetUp() {
+  harness_ = GetParam().make_harness();
+  ASSERT_NE(harness_, nullptr);
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(store_, harness_->Open(clock_));
+  ASSERT_NE(store_, nullptr);
+}
+
+namespace {
+
+using ::google::protobuf::util::MessageDifferencer;
+using ::google::protobuf::util::TimeUtil;
+using ::shuttle::testing::IsOk;
+using ::shuttle::testing::IsOkAndHolds;
+using ::shuttle::testing::StatusIs;
+using ::testing::AllOf;
+using ::testing::ElementsAre;
+using ::testing::Eq;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+using ::testing::SizeIs;
+
+// Store times have microsecond precision (PostgreSQL's timestamptz has no more).
+google::protobuf::Timestamp ToProto(absl::Time t) {
+  return TimeUtil::MicrosecondsToTimestamp(absl::ToUnixMicros(t));
+}
+
+std::vector<uint64_t> Revisions(const std::vector<v1::PolicyRevision>& revisions) {
+  std::vector<uint64_t> out;
+  out.reserve(revisions.size());
+  for (const v1::PolicyRevision& r : revisions) out.push_back(r.revision());
+  return out;
+}
+
+std::vector<std::string> Names(const std::vector<v1::PolicyRevision>& revisions) {
+  std::vector<std::string> out;
+  out.reserve(revisions.size());
+  for (const v1::PolicyRevision& r : revisions) out.push_back(r.name());
+  return out;
+}
+
+TEST_P(StoreTest, EmptyStore) {
+  EXPECT_THAT(store_->FleetVersion(), IsOkAndHolds(Eq(0u)));
+  EXPECT_THAT(store_->ListPolicies(), IsOkAndHolds(IsEmpty()));
+  EXPECT_THAT(store_->GetPolicy("web", 0), StatusIs(absl::StatusCode::kNotFound, HasSubstr("web")));
+  EXPECT_THAT(store_->PolicyHistory("web"),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("web")));
+  EXPECT_THAT(store_->DeletePolicy("web", "alice"),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("web")));
+  EXPECT_THAT(store_->FleetVersion(), IsOkAndHolds(Eq(0u)));
+}
+
+TEST_P(StoreTest, PutThenGetRoundTripsEveryField) {
+  PolicyWrite write = MakeWrite("web", "name: web\nrules: []\n", std::nullopt, "CN=alice");
+  write.change = "rollback to 3";
+  bool unchanged = true;
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision put, store_->PutPolicy(write, &unchanged));
+  EXPECT_FALSE(unchanged);
+
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision got, store_->GetPolicy("web", 0));
+  for (const v1::PolicyRevision* r : {&put, &got}) {
+    EXPECT_EQ(r->name(), "web");
+    EXPECT_EQ(r->revision(), 1u);
+    EXPECT_EQ(r->fleet_version(), 1u);
+    EXPECT_EQ(r->source(), write.source);
+    EXPECT_TRUE(MessageDifferencer::Equals(r->policy(), write.policy)) << r->policy().DebugString();
+    EXPECT_TRUE(MessageDifferencer::Equals(r->created(), ToProto(clock_.Now())))
+        << r->created().DebugString();
+    EXPECT_EQ(r->author(), "CN=alice");
+    EXPECT_EQ(r->change(), "rollback to 3");
+    EXPECT_FALSE(r->deleted());
+  }
+  EXPECT_TRUE(MessageDifferencer::Equals(put, got));
+  EXPECT_THAT(store_->GetPolicy("web", 1), IsOk());
+  EXPECT_THAT(store_->FleetVersion(), IsOkAndHolds(Eq(1u)));
+}
+
+TEST_P(StoreTest, EachChangeBumpsRevisionAndFleetVersion) {
+  const absl::Time t1 = clock_.Now();
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision a1,
+                               store_->PutPolicy(MakeWrite("a", "a1"), nullptr));
+  clock_.Advance(absl::Seconds(10) + absl::Microseconds(7));
+  const absl::Time t2 = clock_.Now();
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision a2,
+                               store_->PutPolicy(MakeWrite("a", "a2"), nullptr));
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision b1,
+                               store_->PutPolicy(MakeWrite("b", "b1"), nullptr));
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision a3,
+                               store_->PutPolicy(MakeWrite("a", "a3"), nullptr));
+
+  EXPECT_EQ(a1.revision(), 1u);
+  EXPECT_EQ(a1.fleet_version(), 1u);
+  EXPECT_EQ(a2.revision(), 2u);
+  EXPECT_EQ(a2.fleet_version(), 2u);
+  EXPECT_EQ(b1.revision(), 1u);
+  EXPECT_EQ(b1.fleet_version(), 3u);
+  EXPECT_EQ(a3.revision(), 3u);
+  EXPECT_EQ(a3.fleet_version(), 4u);
+  EXPECT_THAT(store_->FleetVersion(), IsOkAndHolds(Eq(4u)));
+
+  // Old revisions stay readable, with the content and time they were written with.
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision old, store_->GetPolicy("a", 1));
+  EXPECT_EQ(old.source(), "a1");
+  EXPECT_EQ(old.policy().description(), "a1");
+  EXPECT_EQ(old.fleet_version(), 1u);
+  EXPECT_TRUE(MessageDifferencer::Equals(old.created(), ToProto(t1)));
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision mid, store_->GetPolicy("a", 2));
+  EXPECT_EQ(mid.source(), "a2");
+  EXPECT_TRUE(MessageDifferencer::Equals(mid.created(), ToProto(t2)));
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision current, store_->GetPolicy("a", 0));
+  EXPECT_EQ(current.revision(), 3u);
+  EXPECT_EQ(current.source(), "a3");
+
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(std::vector<v1::PolicyRevision> history, store_->PolicyHistory("a"));
+  EXPECT_THAT(Revisions(history), ElementsAre(1u, 2u, 3u));
+  EXPECT_EQ(history[0].source(), "a1");
+  EXPECT_EQ(history[2].source(), "a3");
+  EXPECT_THAT(CheckConsistent(*store_, {"a", "b"}), IsOk());
+}
+
+TEST_P(StoreTest, UnchangedReapplyWritesNothing) {
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision first,
+                               store_->PutPolicy(MakeWrite("web", "same"), nullptr));
+  clock_.Advance(absl::Minutes(1));
+  bool unchanged = false;
+  // Only the source decides: another author and change text are not a change.
+  PolicyWrite again = MakeWrite("web", "same", std::nullopt, "bob");
+  again.change = "apply again";
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision second, store_->PutPolicy(again, &unchanged));
+  EXPECT_TRUE(unchanged);
+  EXPECT_TRUE(MessageDifferencer::Equals(first, second)) << second.DebugString();
+  // A null `unchanged` is allowed.
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision third,
+                               store_->PutPolicy(MakeWrite("web", "same"), nullptr));
+  EXPECT_EQ(third.revision(), 1u);
+
+  EXPECT_THAT(store_->FleetVersion(), IsOkAndHolds(Eq(1u)));
+  EXPECT_THAT(store_->PolicyHistory("web"), IsOkAndHolds(SizeIs(1)));
+
+  // A real change after that is revision 2, fleet version 2: nothing was consumed.
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision changed,
+                               store_->PutPolicy(MakeWrite("web", "different"), &unchanged));
+  EXPECT_FALSE(unchanged);
+  EXPECT_EQ(changed.revision(), 2u);
+  EXPECT_EQ(changed.fleet_version(), 2u);
+
+  // Going back to an older source is a change too (only the live revision counts).
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision back,
+                               store_->PutPolicy(MakeWrite("web", "same"), &unchanged));
+  EXPECT_FALSE(unchanged);
+  EXPECT_EQ(back.revision(), 3u);
+}
+
+TEST_P(StoreTest, ListGivesLivePoliciesByName) {
+  for (const char* name : {"charlie", "alpha", "bravo", "delta"}) {
+    ASSERT_THAT(store_->PutPolicy(MakeWrite(name, absl::StrCat(name, "-1")), nullptr), IsOk());
+  }
+  ASSERT_THAT(store_->PutPolicy(MakeWrite("alpha", "alpha-2"), nullptr), IsOk());
+  ASSERT_THAT(store_->DeletePolicy("bravo", "alice"), IsOk());
+
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(std::vector<v1::PolicyRevision> listed, store_->ListPolicies());
+  EXPECT_THAT(Names(listed), ElementsAre("alpha", "charlie", "delta"));
+  ASSERT_THAT(listed, SizeIs(3));
+  EXPECT_EQ(listed[0].revision(), 2u);
+  EXPECT_EQ(listed[0].source(), "alpha-2");
+  EXPECT_EQ(listed[0].policy().description(), "alpha-2");
+  EXPECT_EQ(listed[1].revision(), 1u);
+  EXPECT_EQ(listed[1].fleet_version(), 1u);
+  EXPECT_THAT(CheckConsistent(*store_, {"alpha", "bravo", "charlie", "delta"}), IsOk());
+}
+
+TEST_P(StoreTest, DeleteWritesTombstone) {
+  ASSERT_THAT(store_->PutPolicy(MakeWrite("web", "v1"), nullptr), IsOk());
+  ASSERT_THAT(store_->PutPolicy(MakeWrite("web", "v2"), nullptr), IsOk());
+  clock_.Advance(absl::Hours(1));
+
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision tombstone, store_->DeletePolicy("web", "bob"));
+  EXPECT_EQ(tombstone.name(), "web");
+  EXPECT_EQ(tombstone.revision(), 3u);
+  EXPECT_EQ(tombstone.fleet_version(), 3u);
+  EXPECT_TRUE(tombstone.deleted());
+  EXPECT_EQ(tombstone.author(), "bob");
+  EXPECT_EQ(tombstone.change(), "delete");
+  EXPECT_TRUE(MessageDifferencer::Equals(tombstone.created(), ToProto(clock_.Now())));
+  EXPECT_THAT(store_->FleetVersion(), IsOkAndHolds(Eq(3u)));
+
+  EXPECT_THAT(store_->GetPolicy("web", 0), StatusIs(absl::StatusCode::kNotFound, HasSubstr("web")));
+  EXPECT_THAT(store_->ListPolicies(), IsOkAndHolds(IsEmpty()));
+  // The tombstone and everything before it stay in the history.
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision by_revision, store_->GetPolicy("web", 3));
+  EXPECT_TRUE(by_revision.deleted());
+  EXPECT_TRUE(MessageDifferencer::Equals(by_revision, tombstone));
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision old, store_->GetPolicy("web", 2));
+  EXPECT_EQ(old.source(), "v2");
+  EXPECT_FALSE(old.deleted());
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(std::vector<v1::PolicyRevision> history,
+                               store_->PolicyHistory("web"));
+  EXPECT_THAT(Revisions(history), ElementsAre(1u, 2u, 3u));
+  EXPECT_TRUE(history.back().deleted());
+
+  // Deleting again finds nothing live and writes nothing.
+  EXPECT_THAT(store_->DeletePolicy("web", "bob"),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("web")));
+  EXPECT_THAT(store_->FleetVersion(), IsOkAndHolds(Eq(3u)));
+
+  // Applying again continues the history; the source before the delete is not "unchanged".
+  bool unchanged = true;
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision back,
+                               store_->PutPolicy(MakeWrite("web", "v2"), &unchanged));
+  EXPECT_FALSE(unchanged);
+  EXPECT_EQ(back.revision(), 4u);
+  EXPECT_EQ(back.fleet_version(), 4u);
+  EXPECT_FALSE(back.deleted());
+  EXPECT_THAT(store_->GetPolicy("web", 0), IsOk());
+  EXPECT_THAT(CheckConsistent(*store_, {"web"}), IsOk());
+}
+
+TEST_P(StoreTest, ExpectedRevisionGuardsEveryWrite) {
+  // 0 = must not exist.
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision created,
+                               store_->PutPolicy(MakeWrite("web", "v1", 0), nullptr));
+  EXPECT_EQ(created.revision(), 1u);
+  EXPECT_THAT(store_->PutPolicy(MakeWrite("web", "v1b", 0), nullptr),
+              StatusIs(absl::StatusCode::kAborted, HasSubstr("web")));
+  // The right revision wins, a stale one loses.
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision second,
+                               store_->PutPolicy(MakeWrite("web", "v2", 1), nullptr));
+  EXPECT_EQ(second.revision(), 2u);
+  EXPECT_THAT(store_->PutPolicy(MakeWrite("web", "v3", 1), nullptr),
+              StatusIs(absl::StatusCode::kAborted, HasSubstr("expected revision 1")));
+  EXPECT_THAT(store_->PutPolicy(MakeWrite("web", "v3", 7), nullptr),
+              StatusIs(absl::StatusCode::kAborted, HasSubstr("web")));
+  // The precondition is checked before "unchanged": a stale writer learns it is stale.
+  bool unchanged = true;
+  EXPECT_THAT(store_->PutPolicy(MakeWrite("web", "v2", 1), &unchanged),
+              StatusIs(absl::StatusCode::kAborted, HasSubstr("web")));
+  EXPECT_FALSE(unchanged);
+  // A policy that never existed has revision 0.
+  EXPECT_THAT(store_->PutPolicy(MakeWrite("other", "o1", 1), nullptr),
+              StatusIs(absl::StatusCode::kAborted, HasSubstr("other")));
+  // Failed writes wrote nothing.
+  EXPECT_THAT(store_->FleetVersion(), IsOkAndHolds(Eq(2u)));
+  EXPECT_THAT(store_->PolicyHistory("web"), IsOkAndHolds(SizeIs(2)));
+  EXPECT_THAT(store_->PolicyHistory("other"),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("other")));
+
+  // A deleted policy counts as absent: 0 matches, its tombstone revision does not.
+  ASSERT_THAT(store_->DeletePolicy("web", "alice"), IsOk());
+  EXPECT_THAT(store_->PutPolicy(MakeWrite("web", "v4", 3), nullptr),
+              StatusIs(absl::StatusCode::kAborted, HasSubstr("deleted")));
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision recreated,
+                               store_->PutPolicy(MakeWrite("web", "v4", 0), nullptr));
+  EXPECT_EQ(recreated.revision(), 4u);
+  EXPECT_EQ(recreated.fleet_version(), 4u);
+  EXPECT_THAT(CheckConsistent(*store_, {"web", "other"}), IsOk());
+}
+
+TEST_P(StoreTest, NotFoundCases) {
+  ASSERT_THAT(store_->PutPolicy(MakeWrite("web", "v1"), nullptr), IsOk());
+  EXPECT_THAT(store_->GetPolicy("nope", 0),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("nope")));
+  EXPECT_THAT(store_->GetPolicy("nope", 1),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("nope")));
+  EXPECT_THAT(store_->GetPolicy("web", 2), StatusIs(absl::StatusCode::kNotFound, HasSubstr("web")));
+  EXPECT_THAT(store_->GetPolicy("web", std::numeric_limits<uint64_t>::max()),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("web")));
+  EXPECT_THAT(store_->PolicyHistory("nope"),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("nope")));
+  EXPECT_THAT(store_->DeletePolicy("nope", "alice"),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("nope")));
+  // Names are compared exactly.
+  EXPECT_THAT(store_->GetPolicy("WEB", 0), StatusIs(absl::StatusCode::kNotFound, HasSubstr("WEB")));
+  EXPECT_THAT(store_->GetPolicy("we", 0), StatusIs(absl::StatusCode::kNotFound, HasSubstr("we")));
+  EXPECT_THAT(store_->FleetVersion(), IsOkAndHolds(Eq(1u)));
+}
+
+TEST_P(StoreTest, InvalidWritesAreRefused) {
+  EXPECT_THAT(store_->PutPolicy(MakeWrite("", "v1"), nullptr),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("name")));
+  PolicyWrite mismatch = MakeWrite("web", "v1");
+  mismatch.policy.set_name("db");
+  EXPECT_THAT(
+      store_->PutPolicy(mismatch, nullptr),
+      StatusIs(absl::StatusCode::kInvalidArgument, AllOf(HasSubstr("web"), HasSubstr("db"))));
+  // A policy without a name of its own is stored under the write's name.
+  PolicyWrite unnamed = MakeWrite("web", "v1");
+  unnamed.policy.clear_name();
+  EXPECT_THAT(store_->PutPolicy(unnamed, nullptr), IsOk());
+  EXPECT_THAT(store_->FleetVersion(), IsOkAndHolds(Eq(1u)));
+}
+
+TEST_P(StoreTest, StoresAnyBytesVerbatim) {
+  // Names and text are data, never SQL; sources are kept byte for byte.
+  const std::string name = "x'); DROP TABLE policies; --\"\xc3\xa9";
+  std::string source = "name: x\n# \xe2\x9c\x93 quotes ' \" and a NUL:";
+  source.push_back('\0');
+  source += "after\n";
+  std::string big(1 << 20, 'y');
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision r1,
+                               store_->PutPolicy(MakeWrite(name, source), nullptr));
+  PolicyWrite big_write = MakeWrite("big", big);
+  for (int i = 0; i < 500; ++i) *big_write.policy.add_rules() = big_write.policy.rules(0);
+  ASSERT_THAT(store_->PutPolicy(big_write, nullptr), IsOk());
+
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision got, store_->GetPolicy(name, 0));
+  EXPECT_EQ(got.name(), name);
+  EXPECT_EQ(got.source(), source);
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision got_big, store_->GetPolicy("big", 1));
+  EXPECT_EQ(got_big.source(), big);
+  EXPECT_TRUE(MessageDifferencer::Equals(got_big.policy(), big_write.policy));
+  EXPECT_THAT(CheckConsistent(*store_, {name, "big"}), IsOk());
+}
+
+TEST_P(StoreTest, SurvivesReopen) {
+  ASSERT_THAT(store_->PutPolicy(MakeWrite("web", "v1"), nullptr), IsOk());
+  ASSERT_THAT(store_->PutPolicy(MakeWrite("web", "v2"), nullptr), IsOk());
+  ASSERT_THAT(store_->PutPolicy(MakeWrite("db", "d1"), nullptr), IsOk());
+  ASSERT_THAT(store_->DeletePolicy("db", "alice"), IsOk());
+  store_.reset();
+
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(store_, OpenAgain());
+  EXPECT_THAT(store_->FleetVersion(), IsOkAndHolds(Eq(4u)));
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision web, store_->GetPolicy("web", 0));
+  EXPECT_EQ(web.source(), "v2");
+  EXPECT_THAT(store_->GetPolicy("db", 0), StatusIs(absl::StatusCode::kNotFound, HasSubstr("db")));
+  EXPECT_THAT(CheckConsistent(*store_, {"web", "db"}), IsOk());
+  // And it continues where it stopped.
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision db,
+                               store_->PutPolicy(MakeWrite("db", "d2"), nullptr));
+  EXPECT_EQ(db.revision(), 3u);
+  EXPECT_EQ(db.fleet_version(), 5u);
+}
+
+// Runs `threads` writers, writer t on stores[t % stores.size()], each making `writes` changes to
+// its own policy and to one shared policy; checks that every change got its own fleet version
+// and that together they are exactly 1..N.
+void RunConcurrentWriters(const std::vector<Store*>& stores, int threads, int writes) {
+  std::vector<std::vector<uint64_t>> versions(threads);
+  std::vector<std::thread> workers;
+  workers.reserve(threads);
+  for (int t = 0; t < threads; ++t) {
+    workers.emplace_back([&, t] {
+      Store& store = *stores[t % stores.size()];
+      for (int i = 0; i < writes; ++i) {
+        std::string name = i % 2 == 0 ? absl::StrCat("own-", t) : "shared";
+        auto r = store.PutPolicy(MakeWrite(name, absl::StrCat("t", t, " i", i)), nullptr);
+        EXPECT_THAT(r, IsOk());
+        if (r.ok()) versions[t].push_back(r->fleet_version());
+      }
+    });
+  }
+  for (std::thread& w : workers) w.join();
+
+  std::vector<uint64_t> all;
+  for (const std::vector<uint64_t>& v : versions) {
+    // Each writer sees its own changes in order.
+    EXPECT_TRUE(std::is_sorted(v.begin(), v.end()));
+    all.insert(all.end(), v.begin(), v.end());
+  }
+  std::sort(all.begin(), all.end());
+  const uint64_t total = static_cast<uint64_t>(threads) * writes;
+  ASSERT_EQ(all.size(), total);
+  for (uint64_t i = 0; i < total; ++i) ASSERT_EQ(all[i], i + 1) << "fleet versions not 1..N";
+  EXPECT_THAT(stores[0]->FleetVersion(), IsOkAndHolds(Eq(total)));
+
+  std::vector<std::string> names = {"shared"};
+  uint64_t shared_writes = 0;
+  for (int t = 0; t < threads; ++t) {
+    names.push_back(absl::StrCat("own-", t));
+    shared_writes += writes / 2;
+    EXPECT_THAT(stores[0]->PolicyHistory(absl::StrCat("own-", t)),
+                IsOkAndHolds(SizeIs((writes + 1) / 2)));
+  }
+  EXPECT_THAT(stores[0]->PolicyHistory("shared"), IsOkAndHolds(SizeIs(shared_writes)));
+  EXPECT_THAT(CheckConsistent(*stores[0], names), IsOk());
+}
+
+TEST_P(StoreTest, ConcurrentWritersOnOneStore) { RunConcurrentWriters({store_.get()}, 8, 30); }
+
+TEST_P(StoreTest, ConcurrentWritersOnTwoStoresOfOneDatabase) {
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(StorePtr second, OpenAgain());
+  RunConcurrentWriters({store_.get(), second.get()}, 6, 30);
+  // Both see the same state.
+  EXPECT_THAT(second->FleetVersion(), IsOkAndHolds(Eq(180u)));
+}
+
+// Read-modify-write with expected_revision from several threads and two stores: conflicts are
+// ABORTED and retried, so no increment is lost.
+TEST_P(StoreTest, CompareAndSwapLosesNoUpdate) {
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(StorePtr second, OpenAgain());
+  ASSERT_THAT(store_->PutPolicy(MakeWrite("counter", "0"), nullptr), IsOk());
+  constexpr int kThreads = 4;
+  constexpr int kIncrements = 15;
+  constexpr int kMaxAttempts = 10'000;  // Bounds the test if conflicts were never resolved.
+  std::vector<int> aborted(kThreads, 0);
+  std::vector<std::thread> workers;
+  workers.reserve(kThreads);
+  for (int t = 0; t < kThreads; ++t) {
+    workers.emplace_back([&, t] {
+      Store& store = t % 2 == 0 ? *store_ : *second;
+      int done = 0;
+      for (int attempt = 0; done < kIncrements && attempt < kMaxAttempts; ++attempt) {
+        auto current = store.GetPolicy("counter", 0);
+        ASSERT_THAT(current, IsOk());
+        int value = std::stoi(current->source());
+        auto put = store.PutPolicy(
+            MakeWrite("counter", std::to_string(value + 1), current->revision()), nullptr);
+        if (put.ok()) {
+          ++done;
+        } else {
+          ASSERT_THAT(put, StatusIs(absl::StatusCode::kAborted, HasSubstr("counter")));
+          ++aborted[t];
+        }
+      }
+      EXPECT_EQ(done, kIncrements);
+    });
+  }
+  for (std::thread& w : workers) w.join();
+
+  constexpr int kTotal = kThreads * kIncrements;
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::PolicyRevision final_revision, store_->GetPolicy("counter", 0));
+  EXPECT_EQ(final_revision.source(), std::to_string(kTotal));
+  EXPECT_EQ(final_revision.revision(), kTotal + 1u);
+  EXPECT_THAT(store_->FleetVersion(), IsOkAndHolds(Eq(kTotal + 1u)));
+  // Every revision is the one before it plus one: no two writers ever built on the same state.
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(std::vector<v1::PolicyRevision> history,
+                               store_->PolicyHistory("counter"));
+  for (size_t i = 0; i < history.size(); ++i) EXPECT_EQ(history[i].source(), std::to_string(i));
+  EXPECT_THAT(CheckConsistent(*store_, {"counter"}), IsOk());
+}
+
+}  // namespace
+}  // namespace shuttle::controller::testing

@@ -286,8 +286,9 @@ absl::Status Explain(const Invocation& inv, ControllerClient& client, std::ostre
 
 std::string NackText(const v1::HostStatus& host) {
   if (host.last_nack_error().empty() && host.last_nack_version() == 0) return "";
+  // Compiler errors span lines; a table cell can't.
   return absl::StrCat("v", host.last_nack_version(), " ", FormatTimestamp(host.last_nack_time()),
-                      ": ", host.last_nack_error());
+                      ": ", OneLine(host.last_nack_error()));
 }
 
 std::string VmNames(const v1::HostStatus& host) {

@@ -2,9 +2,10 @@
 // that name none) to a bucket; a bucket indexes its rules by object name: exact names in a hash
 // map, "*:PORT" addresses by port, prefixes in a radix trie, and rules naming no object in a
 // list. Every list is sorted by precedence, so a lookup takes the first rule of each list that
-// passes the remaining filters (program, uid, object VM). A lookup costs two bucket probes, one
-// exact probe, one trie walk (linear in the name's length) and a few list heads, whatever the
-// number of rules.
+// passes the remaining filters (program, uid, object VM), and stops early in a list once nothing
+// in it can beat the best so far. A lookup visits two buckets (the subject VM's, found by one
+// hash probe, and the any-VM one, cached per kind) and costs in each one exact probe, one trie
+// walk (linear in the name's length) and a few list heads, whatever the number of rules.
 #include "policy/matcher.h"
 
 #include <algorithm>
@@ -17,10 +18,8 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
-#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/strings/numbers.h"
-#include "common/logging.h"
 #include "policy/parser.h"
 #include "policy/prefix_trie.h"
 #include "policy/validate_internal.h"
@@ -58,8 +57,22 @@ uint64_t RankOf(const CompiledRule& r) {
          (uint64_t{static_cast<uint32_t>(std::min(r.literal_length, kMaxLiteralRank))}
           << kLiteralShift) |
          (uint64_t{r.exact} << kExactShift) | (uint64_t{!r.object_vm.empty()} << kObjectVmShift) |
-         (uint64_t{static_cast<uint32_t>(ActionRank(r.rule->action()))} << kActionShift) |
+         (uint64_t{static_cast<uint32_t>(ActionRank(r.action))} << kActionShift) |
          uint64_t{UINT32_MAX - r.order};
+}
+
+// What a rule decides; for ask, what its fail mode decides (closed unless `fail: open`).
+v1::Verdict VerdictOf(const v1::Rule& rule) {
+  switch (rule.action()) {
+    case v1::ALLOW:
+      return v1::VERDICT_ALLOW;
+    case v1::REDIRECT:
+      return v1::VERDICT_REDIRECT;
+    case v1::ASK:
+      return rule.ask().fail_mode() == v1::FAIL_OPEN ? v1::VERDICT_ALLOW : v1::VERDICT_DENY;
+    default:
+      return v1::VERDICT_DENY;
+  }
 }
 
 bool IsAnyVm(std::string_view vm) { return vm.empty() || vm == kAnyVm; }
@@ -95,6 +108,7 @@ struct MatcherIndex {
   uint64_t version = 0;
   v1::PolicyBundle bundle;  // The applicable policies, by name; CompiledRule points into it.
   std::vector<CompiledRule> rules;
+  bool uses_programs = false;  // Some rule's CompiledRule::program is non-empty.
   // Per kind: subject VM ("*" for rules that name none) -> bucket.
   std::array<StringMap<Bucket>, kKindCount> buckets;
   // Per kind: the "*" bucket of `buckets`, or null; saves a probe per lookup.
@@ -265,30 +279,16 @@ Verdict MakeVerdict(const InteractionView& in, const CompiledRule* winner) {
     }
     return out;
   }
-  const v1::Rule& rule = *winner->rule;
   std::string_view target = in.subject_vm;
-  if (rule.action() == v1::REDIRECT) {
-    target = rule.redirect().vm();
+  if (winner->action == v1::REDIRECT) {
+    target = winner->rule->redirect().vm();
   } else if (!in.object_vm.empty()) {
     target = in.object_vm;
   } else if (!winner->object_vm.empty()) {
     target = winner->object_vm;
   }
   out.scope = ScopeOf(in.subject_vm, target);
-  switch (rule.action()) {
-    case v1::ALLOW:
-      out.verdict = v1::VERDICT_ALLOW;
-      break;
-    case v1::REDIRECT:
-      out.verdict = v1::VERDICT_REDIRECT;
-      break;
-    case v1::ASK:
-      out.verdict = rule.ask().fail_mode() == v1::FAIL_OPEN ? v1::VERDICT_ALLOW : v1::VERDICT_DENY;
-      break;
-    default:
-      out.verdict = v1::VERDICT_DENY;
-      break;
-  }
+  out.verdict = winner->verdict;
   out.rule = winner;
   out.enforced = winner->enforced;
   out.reason = kReasonRule;
@@ -442,12 +442,15 @@ absl::StatusOr<std::shared_ptr<const CompiledPolicy>> CompiledPolicy::Compile(
       r.policy = &policy;
       r.rule = &rule;
       r.enforced = !monitor && !rule.audit_only();
+      r.action = rule.action();
+      r.verdict = VerdictOf(rule);
       r.subject_specificity = SpecificityOf(rule.subject());
       keys.push_back(ObjectKeyOf(rule.object(), &r.literal_length, &r.exact));
       r.order = order++;
       internal::NamePattern program = internal::SplitPattern(rule.subject().program());
       r.program = program.literal;
       r.program_prefix = program.prefix;
+      if (!r.program.empty()) index.uses_programs = true;
       r.has_uid = rule.subject().has_uid();
       r.uid = rule.subject().uid();
       if (!IsAnyVm(rule.object().vm())) r.object_vm = rule.object().vm();
@@ -548,5 +551,6 @@ v1::Decision CompiledPolicy::ToProto(const Verdict& verdict) const {
 
 uint64_t CompiledPolicy::version() const { return index_->version; }
 size_t CompiledPolicy::rule_count() const { return index_->rules.size(); }
+bool CompiledPolicy::uses_programs() const { return index_->uses_programs; }
 
 }  // namespace shuttle::policy

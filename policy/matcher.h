@@ -55,6 +55,8 @@ struct CompiledRule {
 
   // Precomputed for the hot path. `rank` orders by the precedence above (higher wins; unique).
   uint64_t rank = 0;
+  v1::Action action = v1::ACTION_UNSPECIFIED;  // rule->action()
+  v1::Verdict verdict = v1::VERDICT_DENY;      // What it decides; for ask, its fail mode's.
   std::string_view program;  // Literal part of subject.program; empty: any program.
   bool program_prefix = false;
   bool has_uid = false;
@@ -84,7 +86,7 @@ struct Verdict {
 
   // True if the winner is an `ask` rule: the agent asks the controller, and `verdict` (the
   // rule's fail mode) applies only if no answer comes in time.
-  bool NeedsAsk() const { return rule != nullptr && rule->rule->action() == v1::ASK; }
+  bool NeedsAsk() const { return rule != nullptr && rule->action == v1::ASK; }
 };
 
 // Full explanation: the winner and every matching rule that lost, with why.
@@ -116,6 +118,11 @@ class CompiledPolicy {
 
   uint64_t version() const;
   size_t rule_count() const;
+
+  // True if some rule names a program (subject.program). When false, Decide()
+  // never looks at InteractionView::program, so a caller may skip finding it out (the agent's
+  // readlink of /proc/PID/exe on every intercepted call).
+  bool uses_programs() const;
 
   ~CompiledPolicy();
 

@@ -2,9 +2,11 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <fstream>
 #include <new>
 #include <ostream>
 #include <random>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -732,6 +734,112 @@ TEST(Decide, AgreesWithAPlainReadingOfTheRules) {
       ASSERT_EQ(static_cast<int>(e.losers.size()), std::max(0, matching - 1));
     }
   }
+}
+
+// deploy/examples/webapp.yaml decides the paper's case as its comments say.
+TEST(Examples, WebappPolicyDecidesThePapersCase) {
+  std::ifstream in(std::string(SHUTTLE_SOURCE_DIR) + "/deploy/examples/webapp.yaml");
+  std::stringstream text;
+  text << in.rdbuf();
+  ASSERT_FALSE(text.str().empty());
+  auto compiled = MustCompile({text.str()});
+  ASSERT_NE(compiled, nullptr);
+
+  Ask php;
+  php.program = "/usr/sbin/php-fpm8.2";
+  Verdict v = compiled->Decide(php.View());
+  EXPECT_EQ(WinnerName(v), "php-to-postgres-socket");
+  EXPECT_EQ(v.verdict, v1::VERDICT_ALLOW);
+  EXPECT_EQ(v.scope, v1::CROSS_VM);
+
+  Ask php_tcp = php;
+  php_tcp.kind = v1::TCP_CONNECT;
+  php_tcp.object_name = "127.0.0.1:5432";
+  EXPECT_EQ(WinnerName(compiled->Decide(php_tcp.View())), "php-to-postgres-tcp");
+
+  Ask other_tcp = php_tcp;
+  other_tcp.program = "/usr/bin/python3";
+  v = compiled->Decide(other_tcp.View());
+  EXPECT_EQ(v.rule, nullptr);
+  EXPECT_EQ(v.verdict, v1::VERDICT_DENY);
+
+  Ask nginx;
+  nginx.program = "/usr/sbin/nginx";
+  v = compiled->Decide(nginx.View());
+  EXPECT_EQ(WinnerName(v), "others-no-postgres");
+  EXPECT_EQ(v.verdict, v1::VERDICT_DENY);
+  Explanation e = compiled->Explain(php.View());
+  ASSERT_THAT(e.losers, SizeIs(1));
+  EXPECT_EQ(e.losers[0].rule->rule->name(), "others-no-postgres");
+  EXPECT_EQ(e.losers[0].why, "less specific subject: names VM only; winner names program and VM");
+
+  Ask legacy;
+  legacy.object_vm = "web";
+  legacy.object_name = "/var/run/postgresql/.s.PGSQL.5432";
+  v = compiled->Decide(legacy.View());
+  EXPECT_EQ(WinnerName(v), "legacy-socket-to-db");
+  EXPECT_EQ(compiled->ToProto(v).redirect().vm(), "db");
+
+  Ask psql;
+  psql.subject_vm = "host";
+  psql.program = "/usr/bin/psql";
+  psql.uid = 1000;
+  v = compiled->Decide(psql.View());
+  EXPECT_EQ(WinnerName(v), "host-psql-asks");
+  EXPECT_TRUE(v.NeedsAsk());
+  EXPECT_EQ(v.scope, v1::HOST_VM);
+}
+
+// uses_programs() is what lets the agent skip reading /proc/PID/exe: it must be true whenever
+// the program can change a verdict, and false only when it cannot.
+TEST(UsesPrograms, TrueOnlyIfSomeRuleNamesAProgram) {
+  auto none = MustCompile({});
+  ASSERT_NE(none, nullptr);
+  EXPECT_FALSE(none->uses_programs());
+
+  const std::string vm_only = R"(name: vm-only
+rules:
+  - name: web-to-db
+    subject: { vm: web, uid: 1000 }
+    kind: unix-connect
+    object: { vm: db, path: /run/postgresql/* }
+    action: allow
+)";
+  const std::string one_program = R"(name: one-program
+rules:
+  - name: psql
+    subject: { vm: web, program: /usr/bin/psql }
+    kind: tcp-connect
+    object: { vm: db, address: "127.0.0.1:5432" }
+    action: allow
+)";
+  auto without = MustCompile({vm_only});
+  ASSERT_NE(without, nullptr);
+  EXPECT_FALSE(without->uses_programs());
+  // ... and indeed no program changes its verdicts.
+  for (const char* name : {"/run/postgresql/.s.PGSQL.5432", "/x"}) {
+    Ask a;
+    a.object_name = name;
+    Ask b = a;
+    b.program = "";
+    Ask c = a;
+    c.program = "/usr/sbin/something-else";
+    Verdict va = without->Decide(a.View());
+    EXPECT_EQ(without->Decide(b.View()).rule, va.rule) << name;
+    EXPECT_EQ(without->Decide(c.View()).rule, va.rule) << name;
+  }
+
+  // One program rule anywhere in the bundle, for any kind, is enough.
+  auto with = MustCompile({vm_only, one_program});
+  ASSERT_NE(with, nullptr);
+  EXPECT_TRUE(with->uses_programs());
+  Ask psql;
+  psql.kind = v1::TCP_CONNECT;
+  psql.object_name = "127.0.0.1:5432";
+  psql.program = "/usr/bin/psql";
+  EXPECT_EQ(WinnerName(with->Decide(psql.View())), "psql");
+  psql.program = "";
+  EXPECT_EQ(WinnerName(with->Decide(psql.View())), "(default)");
 }
 
 TEST(InteractionView, FromProtoViewsEveryField) {

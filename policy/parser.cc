@@ -519,8 +519,9 @@ std::optional<YAML::Node> LoadOneDocument(const std::string& source, ErrorList& 
     const YAML::Mark& first = counter.starts[0];
     const YAML::Mark& second = counter.starts[1];
     if (second.pos == first.pos) {  // The parser made no progress: it is stuck on a token.
-      std::string_view at = second.pos >= 0 && static_cast<size_t>(second.pos) < source.size()
-                                ? std::string_view(source).substr(second.pos, 1)
+      const std::string_view text = source;
+      std::string_view at = second.pos >= 0 && static_cast<size_t>(second.pos) < text.size()
+                                ? text.substr(static_cast<size_t>(second.pos), 1)
                                 : std::string_view();
       errors.AddStructural("", PosOf(second), Cat("YAML syntax: unexpected ", Quote(at)));
     } else {

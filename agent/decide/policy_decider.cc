@@ -73,8 +73,10 @@ intercept::Answer PolicyDecider::Decide(const intercept::InterceptedCall& call) 
   view.subject_vm = call.subject_vm.empty() ? kHost : call.subject_vm;
   view.kind = call.object->kind;
   view.object_name = call.object->name();
+  // The executable only matters to program rules; most policies have none, and the readlink
+  // (a /proc path walk) is a large part of the agent's time per call.
   char exe[512];
-  view.program = ReadExe(call.pid, exe, sizeof(exe));
+  if (compiled->uses_programs()) view.program = ReadExe(call.pid, exe, sizeof(exe));
   policy::Verdict verdict = compiled->Decide(view);
 
   // No controller to ask until issue 4: for an `ask` winner the matcher's verdict is already

@@ -7,6 +7,7 @@
 // name in the caller's own VM (the kernel's isolation still holds; brokering the descriptor from
 // the target VM is issue 5); a not-enforced decision (monitor mode, audit_only) -> continue.
 // `ask` has no controller to ask yet (issue 4), so its rule's fail mode decides.
+// The caller's executable (/proc/PID/exe) is read only when the policy has program rules.
 #ifndef SHUTTLE_AGENT_DECIDE_POLICY_DECIDER_H_
 #define SHUTTLE_AGENT_DECIDE_POLICY_DECIDER_H_
 

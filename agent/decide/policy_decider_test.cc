@@ -112,6 +112,32 @@ TEST_F(PolicyDeciderTest, SwappedPolicyAppliesToTheNextCall) {
   EXPECT_TRUE(Decide("web", v1::UNIX_CONNECT, "/run/agent.sock").is_continue());
 }
 
+// With program rules in the policy the decider finds the caller's executable (here: this test's
+// own binary, as the call comes from getpid()).
+TEST_F(PolicyDeciderTest, ProgramRulesSeeTheCallersExecutable) {
+  char self[512];
+  ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+  ASSERT_GT(n, 0);
+  self[n] = '\0';
+  std::string yaml = R"(name: programs
+rules:
+  - name: this-binary
+    subject: { vm: web, program: "SELF" }
+    kind: unix-connect
+    object: { path: /run/mine.sock }
+    action: deny
+  - name: another-binary
+    subject: { vm: web, program: /usr/bin/not-this-one }
+    kind: unix-connect
+    object: { path: /run/theirs.sock }
+    action: deny
+)";
+  yaml.replace(yaml.find("SELF"), 4, self);
+  holder_.Set(Compile(yaml.c_str()));
+  EXPECT_EQ(Decide("web", v1::UNIX_CONNECT, "/run/mine.sock").error, EACCES);
+  EXPECT_TRUE(Decide("web", v1::UNIX_CONNECT, "/run/theirs.sock").is_continue());
+}
+
 TEST(DenyErrno, SignalsGetEperm) {
   EXPECT_EQ(DenyErrno(v1::SIGNAL), EPERM);
   EXPECT_EQ(DenyErrno(v1::UNIX_CONNECT), EACCES);

@@ -4,6 +4,9 @@
 //   shuttle-agent [--data-dir DIR] [--socket PATH] [--metrics-listen ADDR] [--policy-file FILE]
 //                 [--host-id ID] [--launcher PATH] [--vm-init PATH] [--journal PATH]
 //                 [--port-file FILE]
+//                 [--controller ADDR [--join-token T] [--controller-ca FILE]]
+// Standalone (--policy-file) or fleet (--controller: enroll once, then the policy stream;
+// the last good pushed policy is enforced at start), never both.
 // SIGHUP re-reads --policy-file; SIGTERM/SIGINT stop the agent (VMs and their programs keep
 // running, and a restarted agent takes them back).
 #include <limits.h>
@@ -23,10 +26,14 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "agent/client/enroll.h"
+#include "agent/client/policy_client.h"
+#include "agent/client/policy_snapshot.h"
 #include "agent/decide/policy_decider.h"
 #include "agent/decide/policy_holder.h"
 #include "agent/intercept/intercept_handler.h"
 #include "agent/intercept/process_access.h"
+#include "agent/intercept/restart_recovery.h"
 #include "agent/intercept/seccomp_source.h"
 #include "agent/local/local_server.h"
 #include "agent/main/intercept_metrics.h"
@@ -35,6 +42,7 @@
 #include "common/logging.h"
 #include "common/metrics.h"
 #include "common/status_macros.h"
+#include "common/tls.h"
 
 ABSL_FLAG(std::string, data_dir, "/var/lib/shuttle/agent", "VM state (vms/) and agent state");
 ABSL_FLAG(std::string, socket, "/run/shuttle/agent.sock", "Local API socket (mode 0660)");
@@ -51,6 +59,12 @@ ABSL_FLAG(std::string, journal, "/run/shuttle/inflight",
 ABSL_FLAG(std::string, port_file, "",
           "Once serving, write 'metrics=PORT' to this file (atomically)");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error");
+ABSL_FLAG(std::string, controller, "",
+          "Controller address HOST:PORT; the policy then comes from the controller (mTLS)");
+ABSL_FLAG(std::string, join_token, "",
+          "Single-use token from `shuttlectl token create`; enrolls once if DATA/pki is empty");
+ABSL_FLAG(std::string, controller_ca, "/var/lib/shuttle/controller/pki/ca.pem",
+          "The controller's CA certificate, to verify the controller while enrolling");
 
 namespace shuttle::agent {
 namespace {
@@ -122,27 +136,127 @@ absl::Status LoadPolicy(PolicyHolder& holder, const std::string& host_id, uint64
   return absl::OkStatus();
 }
 
+constexpr char kAgentVersion[] = "0.4.0-dev";
+
+// mTLS credentials for the controller: DATA/pki if the agent is enrolled, otherwise enrolls
+// with --join-token first. Errors are one line for the operator.
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ControllerCredentials(
+    const std::string& data_dir, const std::string& host_id) {
+  const std::string controller = absl::GetFlag(FLAGS_controller);
+  const std::string token = absl::GetFlag(FLAGS_join_token);
+  const AgentPkiPaths pki = AgentPki(data_dir);
+  if (!HasAgentCredentials(pki)) {
+    if (token.empty()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "not enrolled (no ", pki.cert, "): pass --join-token ", "(shuttlectl token create)"));
+    }
+    const std::string ca = absl::GetFlag(FLAGS_controller_ca);
+    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> bootstrap =
+        tls::LoadClientCredentials(ca, "", "");
+    if (!bootstrap.ok()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("--controller-ca ", ca,
+                       " (the controller's CA, needed to enroll): ", bootstrap.status().message()));
+    }
+    EnrollOptions options;
+    options.controller_address = controller;
+    options.join_token = token;
+    options.host_id = host_id;
+    options.credentials = *std::move(bootstrap);
+    SHUTTLE_RETURN_IF_ERROR(Enroll(options, pki));
+    SHUTTLE_LOG(INFO) << "enrolled with controller " << controller << " as host " << host_id
+                      << "; credentials in " << pki.dir;
+  } else if (!token.empty()) {
+    SHUTTLE_LOG(INFO) << "already enrolled (" << pki.dir << "); --join-token ignored";
+  }
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> creds =
+      tls::LoadClientCredentials(pki.ca, pki.cert, pki.key);
+  if (!creds.ok()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("agent credentials in ", pki.dir, ": ", creds.status().message(),
+                     " (remove the directory and enroll again with --join-token)"));
+  }
+  return creds;
+}
+
+// The host's VMs as the controller sees them.
+std::vector<v1::VmInfo> ListVmsForController(const VmManager* vms) {
+  std::vector<v1::VmInfo> out;
+  if (vms == nullptr) return out;
+  for (const VmInfo& vm : vms->List()) {
+    v1::VmInfo info;
+    info.set_name(vm.name);
+    info.set_init_pid(static_cast<uint32_t>(vm.init_pid));
+    info.set_running(vm.init_pid > 0 && ::kill(vm.init_pid, 0) == 0);
+    out.push_back(std::move(info));
+  }
+  return out;
+}
+
 absl::Status Run(const sigset_t& signals) {
   if (::geteuid() != 0) {
     return absl::PermissionDeniedError("shuttle-agent must run as root (namespaces, seccomp)");
   }
   const std::string data_dir = absl::GetFlag(FLAGS_data_dir);
   const std::string host_id = HostId();
+  const std::string controller = absl::GetFlag(FLAGS_controller);
+  if (!controller.empty() && !absl::GetFlag(FLAGS_policy_file).empty()) {
+    return absl::InvalidArgumentError(
+        "--policy-file and --controller exclude each other: with a controller the policy comes "
+        "from the controller (use --policy-file only for a standalone agent)");
+  }
+  if (controller.empty() && !absl::GetFlag(FLAGS_join_token).empty()) {
+    return absl::InvalidArgumentError("--join-token needs --controller ADDR");
+  }
   SHUTTLE_RETURN_IF_ERROR(MakeDirs(data_dir + "/vms", 0700));
   SHUTTLE_RETURN_IF_ERROR(MakeDirs(Dirname(absl::GetFlag(FLAGS_socket)), 0755));
   SHUTTLE_RETURN_IF_ERROR(MakeDirs(Dirname(absl::GetFlag(FLAGS_journal)), 0755));
 
-  PolicyHolder policy;
-  uint64_t local_version = 1;
-  SHUTTLE_RETURN_IF_ERROR(LoadPolicy(policy, host_id, local_version));
-
   SHUTTLE_ASSIGN_OR_RETURN(std::unique_ptr<MetricsServer> metrics,
                            MetricsServer::Create(absl::GetFlag(FLAGS_metrics_listen)));
+
+  PolicyHolder policy;
+  uint64_t local_version = 1;
+  // Declared before the client, whose VM lister reads it (null until opened), so it outlives
+  // the client's threads.
+  std::unique_ptr<VmManager> vms;
+  std::unique_ptr<PolicyClient> client;
+  if (controller.empty()) {
+    SHUTTLE_RETURN_IF_ERROR(LoadPolicy(policy, host_id, local_version));
+  } else {
+    SHUTTLE_RETURN_IF_ERROR(MakeDirs(data_dir + "/policy", 0700));
+    SHUTTLE_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> credentials,
+                             ControllerCredentials(data_dir, host_id));
+    PolicyClientOptions client_options;
+    client_options.controller_address = controller;
+    client_options.host_id = host_id;
+    client_options.agent_version = kAgentVersion;
+    client_options.credentials = std::move(credentials);
+    client_options.snapshot_path = LastGoodPolicyPath(data_dir);
+    client = std::make_unique<PolicyClient>(
+        std::move(client_options), policy, [&vms] { return ListVmsForController(vms.get()); },
+        metrics->registry());
+    // Enforce the last good policy now: the controller may be down or slow to answer.
+    absl::StatusOr<uint64_t> persisted = client->LoadPersisted();
+    if (persisted.ok()) {
+      SHUTTLE_LOG(INFO) << "enforcing persisted policy version " << *persisted << " ("
+                        << policy.Get()->rule_count() << " rules) until the controller answers";
+    } else if (absl::IsNotFound(persisted.status())) {
+      SHUTTLE_LOG(INFO) << "no persisted policy yet; cross-VM calls are denied until the "
+                           "controller pushes one";
+    } else {
+      SHUTTLE_LOG(ERROR) << "ignoring the persisted policy (" << persisted.status()
+                         << "); cross-VM calls are denied until the controller pushes one";
+    }
+  }
+
   VmManagerOptions vm_options;
   vm_options.state_dir = data_dir + "/vms";
+  // The agent's credentials, saved policy and spool are none of a VM's business.
+  vm_options.hidden_paths = {data_dir};
   vm_options.init_binary =
       FindBinary(absl::GetFlag(FLAGS_vm_init), "shuttle-vm-init", "driver-shim/linux");
-  SHUTTLE_ASSIGN_OR_RETURN(std::unique_ptr<VmManager> vms, VmManager::Open(vm_options));
+  SHUTTLE_ASSIGN_OR_RETURN(vms, VmManager::Open(vm_options));
 
   intercept::SeccompInterceptionSource::Options source_options;
   source_options.journal_path = absl::GetFlag(FLAGS_journal);
@@ -162,12 +276,20 @@ absl::Status Run(const sigset_t& signals) {
   }
   std::vector<int> reclaimed_fds;
   for (const auto& [fd, vm] : reclaimed) reclaimed_fds.push_back(fd);
+  // First make every VM thread that sleeps in a seccomp wait issue its call again, so this agent
+  // decides it: that also covers a call the dead agent received but had not journaled. Then the
+  // journal catches whatever could not be restarted; those calls continue (the kernel's
+  // isolation still holds for them).
+  intercept::RestartRecoveryStats restarted =
+      intercept::RestartSeccompWaiters([&vms](pid_t pid) { return vms->VmOfPid(pid).has_value(); });
   size_t recovered = source->RecoverInflight(reclaimed_fds);
   for (auto& [fd, vm] : reclaimed) {
     SHUTTLE_RETURN_IF_ERROR(source->Add(intercept::UniqueFd(fd), vm));
   }
   SHUTTLE_LOG(INFO) << "adopted " << vms->List().size() << " VMs, " << reclaimed.size()
-                    << " listeners, answered " << recovered << " calls left in flight";
+                    << " listeners; restarted " << restarted.restarted << " waiting calls ("
+                    << restarted.failed << " could not be), answered " << recovered
+                    << " journaled calls left in flight";
 
   intercept::RealProcessMemory memory;
   intercept::RealProcessFds process_fds;
@@ -194,6 +316,10 @@ absl::Status Run(const sigset_t& signals) {
   }
   SHUTTLE_LOG(INFO) << "shuttle-agent for host " << host_id << " serving "
                     << local_options.socket_path << ", metrics on port " << metrics->port();
+  if (client != nullptr) {
+    client->Start();
+    SHUTTLE_LOG(INFO) << "policy stream to controller " << controller << " started";
+  }
 
   const std::string port_file = absl::GetFlag(FLAGS_port_file);
   if (!port_file.empty()) {
@@ -207,6 +333,10 @@ absl::Status Run(const sigset_t& signals) {
   while (true) {
     int signo = 0;
     sigwait(&signals, &signo);
+    if (signo == SIGHUP && client != nullptr) {
+      SHUTTLE_LOG(INFO) << "SIGHUP: the policy comes from the controller; nothing to re-read";
+      continue;
+    }
     if (signo == SIGHUP) {
       absl::Status reloaded = LoadPolicy(policy, host_id, ++local_version);
       if (!reloaded.ok()) {
@@ -218,6 +348,7 @@ absl::Status Run(const sigset_t& signals) {
     SHUTTLE_LOG(INFO) << "signal " << signo << " (" << strsignal(signo) << "): stopping";
     break;
   }
+  if (client != nullptr) client->Stop();
   local.Stop();
   source->Stop();
   loop.join();

@@ -9,6 +9,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -150,6 +151,39 @@ bool ClaimStateDir(const std::string& dir) {
 void ReleaseStateDir(const std::string& dir) {
   absl::MutexLock lock(&open_dirs_mu);
   OpenDirs().erase(dir);
+}
+
+// The child's side of Start(), pid 1 of the new PID namespace: puts `sources` at fds 0..5 and
+// execs the init. It runs between clone3 and execve in a copy of a possibly multi-threaded
+// agent, so it makes raw system calls only: no libc function that may take a lock, and no
+// sanitizer interceptor, since another thread may have held either at clone time.
+[[noreturn]] void ExecInitChild(const int (&sources)[6], char* const* argv, char* const* envp,
+                                const std::string& exec_error_prefix) {
+  int moved[6];
+  // First out of the way (to fds >= 16 that close at exec), then into place.
+  for (int i = 0; i < 6; ++i) {
+    moved[i] = static_cast<int>(syscall(SYS_fcntl, sources[i], F_DUPFD_CLOEXEC, 16));
+    if (moved[i] < 0) syscall(SYS_exit_group, 126);
+  }
+  for (int i = 0; i < 6; ++i) {
+    if (syscall(SYS_dup3, moved[i], i, 0) < 0) syscall(SYS_exit_group, 126);
+  }
+  const uint64_t no_signals = 0;
+  syscall(SYS_rt_sigprocmask, SIG_SETMASK, &no_signals, nullptr, sizeof(no_signals));
+  syscall(SYS_execve, argv[0], argv, envp);
+  // Report "Eexec PATH: errno N" as one message (strerror is not async-signal-safe).
+  char digits[16];
+  size_t n = sizeof(digits);
+  int err = errno;
+  do {
+    digits[--n] = static_cast<char>('0' + err % 10);
+    err /= 10;
+  } while (err > 0 && n > 0);
+  struct iovec iov[2] = {{const_cast<char*>(exec_error_prefix.data()), exec_error_prefix.size()},
+                         {digits + n, sizeof(digits) - n}};
+  syscall(SYS_writev, kInitSetupFd, iov, 2);
+  syscall(SYS_exit_group, 127);
+  __builtin_unreachable();
 }
 
 }  // namespace
@@ -413,7 +447,7 @@ absl::StatusOr<std::shared_ptr<VmManager::Vm>> VmManager::Start(const std::strin
   Fd setup(pair[0]), setup_child(pair[1]);
 
   // Everything the child touches is prepared here: between clone3 and execve it may only make
-  // async-signal-safe calls (other threads of the agent may hold locks, e.g. malloc's).
+  // raw system calls (see ExecInitChild).
   std::vector<std::string> args = {
       options_.init_binary, "--name", name, "--vm-dir", vm_dir, "--hide", options_.state_dir};
   for (const std::string& path : options_.hidden_paths) {
@@ -437,35 +471,7 @@ absl::StatusOr<std::shared_ptr<VmManager::Vm>> VmManager::Start(const std::strin
   cl.pidfd = reinterpret_cast<uint64_t>(&pidfd);
   cl.exit_signal = SIGCHLD;
   const int64_t pid = syscall(SYS_clone3, &cl, sizeof(cl));
-  if (pid == 0) {
-    // Child: pid 1 of the new PID namespace. Move the sources out of the way first (to fds
-    // >= 16 that close at exec), then into place.
-    int moved[6];
-    for (int i = 0; i < 6; ++i) {
-      moved[i] = fcntl(sources[i], F_DUPFD_CLOEXEC, 16);
-      if (moved[i] < 0) _exit(126);
-    }
-    for (int i = 0; i < 6; ++i) {
-      if (dup2(moved[i], i) < 0) _exit(126);
-    }
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    execve(argv[0], argv.data(), envp);
-    // Report "Eexec PATH: errno N" (no strerror: not async-signal-safe).
-    char report[PATH_MAX + 64] = {};
-    size_t len = std::min(exec_error_prefix.size(), sizeof(report) - 16);
-    std::copy_n(exec_error_prefix.data(), len, report);
-    char digits[16];
-    int ndigits = 0;
-    for (int err = errno; ndigits == 0 || err > 0; err /= 10) {
-      digits[ndigits++] = static_cast<char>('0' + err % 10);
-    }
-    while (ndigits > 0) report[len++] = digits[--ndigits];
-    ssize_t ignored = write(kInitSetupFd, report, len);
-    (void)ignored;
-    _exit(127);
-  }
+  if (pid == 0) ExecInitChild(sources, argv.data(), envp, exec_error_prefix);
   if (pid < 0) return fail(ErrnoError(errno, "clone3 with new namespaces"));
   Fd pidfd_owner(pidfd);
   setup_child.Reset();

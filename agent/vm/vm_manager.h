@@ -2,6 +2,14 @@
 // is a set of kernel namespaces (mount, IPC, network with its loopback up, UTS named after the VM,
 // PID) held by a small per-VM init (driver-shim/linux/vm_init.c, pid 1 of the VM); its root is
 // an overlay of the host root with a per-VM upper dir, with private /tmp, /run, /dev, /dev/shm.
+//
+// Inside a VM: / is overlay(lower = the host root file system, upper = state_dir/NAME/upper), so
+// other host mounts (/proc, /sys, /dev, /boot, ...) are not seen through it; /proc is the VM's
+// own, /sys a fresh read-only sysfs of the VM's network namespace, /dev a small tmpfs with the
+// usual character devices, a new devpts instance, a private /dev/shm and the VM's own mqueue fs
+// (the host's /dev is not bound in: that would let a VM create FIFOs every VM and the host see).
+// All of it lives only in the VM's mount namespace, which is rprivate, so the host's mount table
+// never changes, and killing the init (pid 1 of the VM's PID namespace) releases everything.
 #ifndef SHUTTLE_AGENT_VM_VM_MANAGER_H_
 #define SHUTTLE_AGENT_VM_VM_MANAGER_H_
 
@@ -58,9 +66,9 @@ struct VmManagerOptions {
 };
 
 // Thread-safe. One VmManager per state_dir at a time (Open locks it against other managers in
-// this and other processes); VMs
-// outlive the manager, and a manager opened later (in this or another process) re-adopts them.
-// The manager never needs to be the init's parent. Errors name the VM, the path and the errno.
+// this and other processes). VMs outlive the manager, and a manager opened later (in this or
+// another process) re-adopts them: it never needs to be the inits' parent (it reaps an init only
+// when it happens to be its parent). Errors name the VM, the path and the errno.
 class VmManager {
  public:
   // Creates state_dir if needed, locks it, and scans it: a VM whose init is alive (same pid,

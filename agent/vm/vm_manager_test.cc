@@ -774,6 +774,18 @@ TEST_F(VmManagerTest, FailedSetupIsReportedAndLeavesNothing) {
                        HasSubstr("vm broken: init exited during setup without a report")));
   EXPECT_FALSE(Exists(options.state_dir + "/broken"));
   EXPECT_THAT(manager->List(), IsEmpty());
+  manager.reset();
+
+  // An init that cannot even be executed (no #! line, not ELF): the errno comes back.
+  const std::string garbage = root_ + "/garbage-init";
+  { std::ofstream(garbage) << "not a program\n"; }
+  ASSERT_EQ(chmod(garbage.c_str(), 0755), 0);
+  options.init_binary = garbage;
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(manager, VmManager::Open(options));
+  EXPECT_THAT(manager->Create("broken"),
+              StatusIs(absl::StatusCode::kInternal,
+                       HasSubstr(absl::StrCat("vm broken: exec ", garbage, ": errno ", ENOEXEC))));
+  EXPECT_FALSE(Exists(options.state_dir + "/broken"));
 }
 
 }  // namespace

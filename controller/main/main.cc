@@ -30,7 +30,10 @@
 #include "common/status_macros.h"
 #include "common/tls.h"
 #include "controller/authz/authz.h"
+#include "controller/push/push_manager.h"
 #include "controller/registry/policy_registry.h"
+#include "controller/service/agent_service.h"
+#include "controller/service/fleet_service.h"
 #include "controller/service/policy_service.h"
 #include "controller/store/sqlite_store.h"
 #include "shuttle/v1/agent.grpc.pb.h"
@@ -127,7 +130,11 @@ absl::Status Serve(const sigset_t& stop_signals) {
   } else {
     const std::string pki = data_dir + "/pki";
     SHUTTLE_RETURN_IF_ERROR(tls::EnsureControllerPki(pki));
-    SHUTTLE_ASSIGN_OR_RETURN(credentials, tls::LoadServerCredentials(pki));
+    // Optional: an enrolling agent has no certificate yet. Every method but Enroll still
+    // refuses a certificate-less caller (Authorizer: UNAUTHENTICATED); a certificate from
+    // another CA is refused by the handshake.
+    SHUTTLE_ASSIGN_OR_RETURN(credentials,
+                             tls::LoadServerCredentials(pki, tls::ClientCertMode::kOptional));
   }
 
   SHUTTLE_ASSIGN_OR_RETURN(std::unique_ptr<MetricsServer> metrics,
@@ -141,11 +148,14 @@ absl::Status Serve(const sigset_t& stop_signals) {
 
   Authorizer authorizer(insecure, registry);
   Executor executor(absl::GetFlag(FLAGS_workers));
+  PushManager push(*store, policies, RealClock(), registry);
+  SHUTTLE_RETURN_IF_ERROR(push.Start());
   PolicyServiceImpl policy_service(policies, authorizer, executor);
-  // Declared now so the API is whole; their behaviour lands with the agent issues and until
-  // then every method answers UNIMPLEMENTED.
-  v1::AgentService::CallbackService agent_service;
-  v1::FleetService::CallbackService fleet_service;
+  AgentServiceImpl agent_service(*store, push, authorizer, executor, RealClock(), data_dir + "/pki",
+                                 registry);
+  FleetServiceImpl fleet_service(*store, push, authorizer, executor, RealClock());
+  // Declared so the API is whole; AuditService (and AgentService.Authorize/UploadAudit) answer
+  // UNIMPLEMENTED until their issue lands.
   v1::AuditService::CallbackService audit_service;
 
   grpc::EnableDefaultHealthCheckService(true);
@@ -154,6 +164,7 @@ absl::Status Serve(const sigset_t& stop_signals) {
   int grpc_port = 0;
   const std::string listen = absl::GetFlag(FLAGS_listen);
   builder.AddListeningPort(listen, credentials, &grpc_port);
+  AddAgentKeepaliveArgs(builder);
   builder.RegisterService(&policy_service);
   builder.RegisterService(&agent_service);
   builder.RegisterService(&fleet_service);
@@ -180,6 +191,7 @@ absl::Status Serve(const sigset_t& stop_signals) {
   SHUTTLE_LOG(INFO) << "signal " << signal_number << " (" << strsignal(signal_number)
                     << "): shutting down";
   server->GetHealthCheckService()->SetServingStatus(false);
+  push.Stop();  // Ends the agents' policy streams now; they reconnect to the next controller.
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   server->Wait();
   return absl::OkStatus();

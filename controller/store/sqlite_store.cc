@@ -16,6 +16,7 @@
 #include "absl/strings/string_view.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "shuttle/v1/fleet.pb.h"
 
 namespace shuttle::controller {
 namespace {
@@ -49,6 +50,32 @@ CREATE TABLE policy_revisions (
   change TEXT NOT NULL,
   deleted INTEGER NOT NULL CHECK (deleted IN (0, 1)),
   PRIMARY KEY (name, revision)
+) STRICT;
+)sql"},
+    {2, "join_tokens_and_hosts",
+     R"sql(
+-- Single-use enrollment tokens. Only the SHA-256 of the secret is kept, so a copy of the file
+-- does not enroll anything.
+CREATE TABLE join_tokens (
+  secret_sha256 TEXT PRIMARY KEY CHECK (length(secret_sha256) = 64),
+  host_id TEXT NOT NULL,  -- '' = any host.
+  created_unix_micros INTEGER NOT NULL,
+  expires_unix_micros INTEGER NOT NULL,
+  used_unix_micros INTEGER,  -- NULL until consumed.
+  used_by TEXT NOT NULL DEFAULT ''
+) STRICT;
+
+-- Enrolled hosts and what they last reported on their policy stream.
+CREATE TABLE hosts (
+  host_id TEXT PRIMARY KEY CHECK (host_id <> ''),
+  first_seen_unix_micros INTEGER NOT NULL,
+  last_seen_unix_micros INTEGER NOT NULL,
+  acked_version INTEGER NOT NULL CHECK (acked_version >= 0),
+  nack_version INTEGER NOT NULL CHECK (nack_version >= 0),
+  nacked_version INTEGER NOT NULL CHECK (nacked_version >= 0),
+  nack_error TEXT NOT NULL,
+  nack_unix_micros INTEGER,  -- NULL if never NACKed.
+  vms BLOB NOT NULL  -- shuttle.v1.ListHostsResponse holding one HostStatus with only vms set.
 ) STRICT;
 )sql"},
 };
@@ -689,6 +716,162 @@ absl::StatusOr<uint64_t> SqliteStore::FleetVersion() {
     return db.Status(absl::StatusCode::kDataLoss, "the fleet version row is missing or damaged");
   }
   return static_cast<uint64_t>(s.Int(0));
+}
+
+namespace {
+
+constexpr char kTokenColumns[] =
+    "secret_sha256, host_id, created_unix_micros, expires_unix_micros, used_unix_micros, used_by";
+constexpr char kHostColumns[] =
+    "host_id, first_seen_unix_micros, last_seen_unix_micros, acked_version, nack_version, "
+    "nacked_version, nack_error, nack_unix_micros, vms";
+
+JoinToken ReadToken(const Statement& s) {
+  JoinToken t;
+  t.secret_sha256 = s.Text(0);
+  t.host_id = s.Text(1);
+  t.created = absl::FromUnixMicros(s.Int(2));
+  t.expires = absl::FromUnixMicros(s.Int(3));
+  if (s.Type(4) != SQLITE_NULL) t.used_at = absl::FromUnixMicros(s.Int(4));
+  t.used_by = s.Text(5);
+  return t;
+}
+
+absl::StatusOr<HostRecord> ReadHost(Db db, const Statement& s) {
+  HostRecord h;
+  h.host_id = s.Text(0);
+  h.first_seen = absl::FromUnixMicros(s.Int(1));
+  h.last_seen = absl::FromUnixMicros(s.Int(2));
+  h.acked_version = static_cast<uint64_t>(s.Int(3));
+  h.nack_version = static_cast<uint64_t>(s.Int(4));
+  h.nacked_version = static_cast<uint64_t>(s.Int(5));
+  h.nack_error = s.Text(6);
+  if (s.Type(7) != SQLITE_NULL) h.nack_time = absl::FromUnixMicros(s.Int(7));
+  v1::HostStatus vms;
+  absl::string_view blob = s.Blob(8);
+  if (!vms.ParseFromArray(blob.data(), static_cast<int>(blob.size()))) {
+    return db.Status(absl::StatusCode::kDataLoss,
+                     absl::StrCat("host ", Quote(h.host_id), ": stored VM list does not parse"));
+  }
+  h.vms.assign(vms.vms().begin(), vms.vms().end());
+  return h;
+}
+
+}  // namespace
+
+absl::Status SqliteStore::CreateJoinToken(const JoinToken& token) {
+  if (token.secret_sha256.size() != 64) {
+    return absl::InvalidArgumentError("join token hash must be 64 hex digits");
+  }
+  if (token.expires <= token.created) {
+    return absl::InvalidArgumentError("join token expires before it is created");
+  }
+  absl::MutexLock lock(&mu_);
+  Db db{db_, path_};
+  Statement s(db, absl::StrCat("INSERT INTO join_tokens (", kTokenColumns,
+                               ") VALUES (?1, ?2, ?3, ?4, NULL, '') ON CONFLICT DO NOTHING "
+                               "RETURNING 1"));
+  s.BindText(1, token.secret_sha256)
+      .BindText(2, token.host_id)
+      .BindInt(3, absl::ToUnixMicros(token.created))
+      .BindInt(4, absl::ToUnixMicros(token.expires));
+  SHUTTLE_ASSIGN_OR_RETURN(bool row, s.Step());
+  SHUTTLE_RETURN_IF_ERROR(s.Run());
+  if (!row) return absl::AlreadyExistsError("a join token with this secret already exists");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<JoinToken> SqliteStore::ConsumeJoinToken(const std::string& secret_sha256,
+                                                        const std::string& host_id,
+                                                        absl::Time now) {
+  absl::MutexLock lock(&mu_);
+  Db db{db_, path_};
+  // IMMEDIATE: the check and the update happen under the write lock, also across processes.
+  Transaction tx(db);
+  SHUTTLE_RETURN_IF_ERROR(tx.Begin());
+  JoinToken token;
+  {
+    Statement s(
+        db, absl::StrCat("SELECT ", kTokenColumns, " FROM join_tokens WHERE secret_sha256 = ?1"));
+    s.BindText(1, secret_sha256);
+    SHUTTLE_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) return absl::UnauthenticatedError("unknown join token");
+    token = ReadToken(s);
+  }
+  if (token.used_at.has_value()) {
+    return absl::PermissionDeniedError(absl::StrCat("join token already used (at ",
+                                                    absl::FormatTime(*token.used_at), " by host ",
+                                                    Quote(token.used_by), "); create a new one"));
+  }
+  if (now >= token.expires) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "join token expired at ", absl::FormatTime(token.expires), "; create a new one"));
+  }
+  if (!token.host_id.empty() && token.host_id != host_id) {
+    return absl::PermissionDeniedError(absl::StrCat(
+        "join token was issued for host ", Quote(token.host_id), ", not ", Quote(host_id)));
+  }
+  Statement update(db,
+                   "UPDATE join_tokens SET used_unix_micros = ?2, used_by = ?3 WHERE "
+                   "secret_sha256 = ?1 AND used_unix_micros IS NULL");
+  update.BindText(1, secret_sha256).BindInt(2, absl::ToUnixMicros(now)).BindText(3, host_id);
+  SHUTTLE_RETURN_IF_ERROR(update.Run());
+  if (sqlite3_changes(db_) != 1) return absl::PermissionDeniedError("join token already used");
+  SHUTTLE_RETURN_IF_ERROR(tx.Commit());
+  token.used_at = absl::FromUnixMicros(absl::ToUnixMicros(now));
+  token.used_by = host_id;
+  return token;
+}
+
+absl::Status SqliteStore::PutHost(const HostRecord& record) {
+  if (record.host_id.empty()) return absl::InvalidArgumentError("host id is empty");
+  v1::HostStatus vms;
+  for (const v1::VmInfo& vm : record.vms) *vms.add_vms() = vm;
+  std::string blob;
+  if (!vms.SerializeToString(&blob)) return absl::InternalError("VM list does not serialize");
+  absl::MutexLock lock(&mu_);
+  Db db{db_, path_};
+  Statement s(db,
+              absl::StrCat("INSERT INTO hosts (", kHostColumns,
+                           ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (host_id) "
+                           "DO UPDATE SET last_seen_unix_micros = excluded.last_seen_unix_micros,"
+                           " acked_version = excluded.acked_version, nack_version = "
+                           "excluded.nack_version, nacked_version = excluded.nacked_version, "
+                           "nack_error = excluded.nack_error, nack_unix_micros = "
+                           "excluded.nack_unix_micros, vms = excluded.vms"));
+  s.BindText(1, record.host_id)
+      .BindInt(2, absl::ToUnixMicros(record.first_seen))
+      .BindInt(3, absl::ToUnixMicros(record.last_seen))
+      .BindInt(4, static_cast<int64_t>(record.acked_version))
+      .BindInt(5, static_cast<int64_t>(record.nack_version))
+      .BindInt(6, static_cast<int64_t>(record.nacked_version))
+      .BindText(7, record.nack_error)
+      .BindBlob(9, blob);
+  if (record.nack_time.has_value()) s.BindInt(8, absl::ToUnixMicros(*record.nack_time));
+  return s.Run();
+}
+
+absl::StatusOr<HostRecord> SqliteStore::GetHost(const std::string& host_id) {
+  absl::MutexLock lock(&mu_);
+  Db db{db_, path_};
+  Statement s(db, absl::StrCat("SELECT ", kHostColumns, " FROM hosts WHERE host_id = ?1"));
+  s.BindText(1, host_id);
+  SHUTTLE_ASSIGN_OR_RETURN(bool row, s.Step());
+  if (!row) return absl::NotFoundError(absl::StrCat("host ", Quote(host_id), " not found"));
+  return ReadHost(db, s);
+}
+
+absl::StatusOr<std::vector<HostRecord>> SqliteStore::ListHosts() {
+  absl::MutexLock lock(&mu_);
+  Db db{db_, path_};
+  Statement s(db, absl::StrCat("SELECT ", kHostColumns, " FROM hosts ORDER BY host_id"));
+  std::vector<HostRecord> out;
+  for (;;) {
+    SHUTTLE_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) return out;
+    SHUTTLE_ASSIGN_OR_RETURN(HostRecord host, ReadHost(db, s));
+    out.push_back(std::move(host));
+  }
 }
 
 absl::Status SqliteStore::CheckIntegrity() {

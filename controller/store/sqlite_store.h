@@ -87,6 +87,12 @@ class SqliteStore final : public Store {
   absl::StatusOr<std::vector<v1::PolicyRevision>> ListPolicies() override;
   absl::StatusOr<std::vector<v1::PolicyRevision>> PolicyHistory(const std::string& name) override;
   absl::StatusOr<uint64_t> FleetVersion() override;
+  absl::Status CreateJoinToken(const JoinToken& token) override;
+  absl::StatusOr<JoinToken> ConsumeJoinToken(const std::string& secret_sha256,
+                                             const std::string& host_id, absl::Time now) override;
+  absl::Status PutHost(const HostRecord& record) override;
+  absl::StatusOr<HostRecord> GetHost(const std::string& host_id) override;
+  absl::StatusOr<std::vector<HostRecord>> ListHosts() override;
 
   // Runs PRAGMA integrity_check and foreign_key_check over the whole file; DATA_LOSS listing the
   // first problems if either finds any. Reads every page: for tests and operator tools, not for

@@ -1,8 +1,8 @@
 // The controller's state behind one interface (DESIGN.md section 2): policies with their full
-// revision history and the fleet policy version. SQLite (embedded, default) implements it now;
-// PostgreSQL (several replicas) later, under the same test suite (store_test_suite.h).
-// Every mutating call is one transaction: it either happens whole or not at all, also across a
-// kill -9 of the process.
+// revision history and the fleet policy version; join tokens and enrolled hosts (issue 4). SQLite
+// (embedded, default) implements it now; PostgreSQL (several replicas) later, under the same test
+// suite (store_test_suite.h). Every mutating call is one transaction: it either happens whole or
+// not at all, also across a kill -9 of the process.
 #ifndef SHUTTLE_CONTROLLER_STORE_STORE_H_
 #define SHUTTLE_CONTROLLER_STORE_STORE_H_
 
@@ -14,6 +14,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "shuttle/v1/agent.pb.h"
 #include "shuttle/v1/policy.pb.h"
 
 namespace shuttle::controller {
@@ -29,6 +31,30 @@ struct PolicyWrite {
   // A deleted policy's current revision is 0. Checked before the "unchanged" shortcut, so a
   // stale writer always learns that it is stale.
   std::optional<uint64_t> expected_revision;
+};
+
+// A single-use join token as stored. The secret itself is never stored: only its SHA-256.
+struct JoinToken {
+  std::string secret_sha256;  // Lowercase hex SHA-256 of the token string; the key.
+  std::string host_id;        // When non-empty, the token only enrolls this host id.
+  absl::Time created;
+  absl::Time expires;
+  std::optional<absl::Time> used_at;  // Set once, by ConsumeJoinToken.
+  std::string used_by;                // The host id that consumed it.
+};
+
+// An enrolled host as stored. Whether it is connected is not stored (it is the push manager's
+// in-memory knowledge); everything else survives a controller restart.
+struct HostRecord {
+  std::string host_id;
+  absl::Time first_seen;        // Enrollment.
+  absl::Time last_seen;         // Last message on its policy stream (or enrollment).
+  uint64_t acked_version = 0;   // Last fleet version the agent ACKed; 0 = none.
+  uint64_t nack_version = 0;    // Version the last NACK said is still enforced; 0 if no NACK.
+  uint64_t nacked_version = 0;  // Version of the push that was NACKed; 0 if no NACK.
+  std::string nack_error;       // Empty if no NACK.
+  std::optional<absl::Time> nack_time;
+  std::vector<v1::VmInfo> vms;  // As last reported (Hello/Heartbeat).
 };
 
 // Thread-safe: every method may be called concurrently from gRPC handler threads.
@@ -62,6 +88,33 @@ class Store {
 
   // The fleet policy version: bumped by every policy change; 0 for an empty store.
   virtual absl::StatusOr<uint64_t> FleetVersion() = 0;
+
+  // --- Join tokens.
+
+  // Stores a new unused token. INVALID_ARGUMENT if secret_sha256 is empty or expires <= created;
+  // ALREADY_EXISTS if a token with that hash exists.
+  virtual absl::Status CreateJoinToken(const JoinToken& token) = 0;
+
+  // Consumes the token whose hash is `secret_sha256` for `host_id`, atomically: of any number of
+  // concurrent (or repeated) calls for one token, at most one succeeds. Fails, consuming nothing,
+  // with UNAUTHENTICATED "unknown join token" when absent; PERMISSION_DENIED "already used" when
+  // used, "expired" when `now` >= expires, and "issued for host X" when the token names another
+  // host. Returns the token as consumed (used_at = now, used_by = host_id).
+  virtual absl::StatusOr<JoinToken> ConsumeJoinToken(const std::string& secret_sha256,
+                                                     const std::string& host_id,
+                                                     absl::Time now) = 0;
+
+  // --- Hosts.
+
+  // Inserts or replaces the host `record.host_id` (non-empty, else INVALID_ARGUMENT). A host that
+  // exists keeps its stored first_seen whatever `record` says.
+  virtual absl::Status PutHost(const HostRecord& record) = 0;
+
+  // NOT_FOUND if the host never enrolled.
+  virtual absl::StatusOr<HostRecord> GetHost(const std::string& host_id) = 0;
+
+  // Every host, ordered by host id.
+  virtual absl::StatusOr<std::vector<HostRecord>> ListHosts() = 0;
 };
 
 using StorePtr = std::unique_ptr<Store>;

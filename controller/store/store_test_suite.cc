@@ -447,5 +447,135 @@ TEST_P(StoreTest, CompareAndSwapLosesNoUpdate) {
   EXPECT_THAT(CheckConsistent(*store_, {"counter"}), IsOk());
 }
 
+// --- Join tokens and hosts.
+
+JoinToken MakeToken(char fill, absl::Time created, absl::Duration ttl, std::string host_id = "") {
+  JoinToken t;
+  t.secret_sha256 = std::string(64, fill);
+  t.host_id = std::move(host_id);
+  t.created = created;
+  t.expires = created + ttl;
+  return t;
+}
+
+TEST_P(StoreTest, JoinTokenIsConsumedOnce) {
+  const absl::Time now = clock_.Now();
+  ASSERT_THAT(store_->CreateJoinToken(MakeToken('a', now, absl::Hours(1))), IsOk());
+  EXPECT_THAT(store_->CreateJoinToken(MakeToken('a', now, absl::Hours(1))),
+              StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr("already exists")));
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(JoinToken used,
+                               store_->ConsumeJoinToken(std::string(64, 'a'), "web-1", now));
+  EXPECT_EQ(used.used_by, "web-1");
+  ASSERT_TRUE(used.used_at.has_value());
+  EXPECT_EQ(*used.used_at, now);
+  EXPECT_THAT(store_->ConsumeJoinToken(std::string(64, 'a'), "web-1", now),
+              StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("already used")));
+  // Reopening (a restart) keeps it used.
+  store_.reset();
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(store_, OpenAgain());
+  EXPECT_THAT(store_->ConsumeJoinToken(std::string(64, 'a'), "web-2", now),
+              StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("already used")));
+}
+
+TEST_P(StoreTest, JoinTokenRefusals) {
+  const absl::Time now = clock_.Now();
+  EXPECT_THAT(store_->ConsumeJoinToken(std::string(64, 'z'), "web-1", now),
+              StatusIs(absl::StatusCode::kUnauthenticated, HasSubstr("unknown join token")));
+  ASSERT_THAT(store_->CreateJoinToken(MakeToken('b', now, absl::Seconds(10))), IsOk());
+  EXPECT_THAT(store_->ConsumeJoinToken(std::string(64, 'b'), "web-1", now + absl::Seconds(10)),
+              StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("expired")));
+  ASSERT_THAT(store_->CreateJoinToken(MakeToken('c', now, absl::Hours(1), "db-1")), IsOk());
+  EXPECT_THAT(store_->ConsumeJoinToken(std::string(64, 'c'), "web-1", now),
+              StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("issued for host \"db-1\"")));
+  // A refusal consumes nothing: the right host still enrolls with it.
+  EXPECT_THAT(store_->ConsumeJoinToken(std::string(64, 'c'), "db-1", now), IsOk());
+  EXPECT_THAT(store_->CreateJoinToken(MakeToken('d', now, absl::ZeroDuration())),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("expires")));
+  JoinToken short_hash = MakeToken('d', now, absl::Hours(1));
+  short_hash.secret_sha256 = "abc";
+  EXPECT_THAT(store_->CreateJoinToken(short_hash),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("64")));
+}
+
+TEST_P(StoreTest, JoinTokenConcurrentConsumeHasOneWinner) {
+  const absl::Time now = clock_.Now();
+  ASSERT_THAT(store_->CreateJoinToken(MakeToken('e', now, absl::Hours(1))), IsOk());
+  // Half the threads use a second store on the same data (another replica or process).
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(StorePtr other, OpenAgain());
+  constexpr int kThreads = 8;
+  std::vector<std::thread> threads;
+  std::vector<absl::Status> results(kThreads);
+  for (int i = 0; i < kThreads; ++i) {
+    threads.emplace_back([&, i] {
+      Store& s = i % 2 == 0 ? *store_ : *other;
+      results[i] = s.ConsumeJoinToken(std::string(64, 'e'), absl::StrCat("h", i), now).status();
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  int ok = 0;
+  for (const absl::Status& r : results) {
+    if (r.ok()) {
+      ++ok;
+    } else {
+      EXPECT_THAT(r, StatusIs(absl::StatusCode::kPermissionDenied, HasSubstr("already used")));
+    }
+  }
+  EXPECT_EQ(ok, 1);
+}
+
+TEST_P(StoreTest, HostsRoundTripAndKeepFirstSeen) {
+  EXPECT_THAT(store_->GetHost("web-1"), StatusIs(absl::StatusCode::kNotFound, HasSubstr("web-1")));
+  EXPECT_THAT(store_->ListHosts(), IsOkAndHolds(IsEmpty()));
+  EXPECT_THAT(store_->PutHost(HostRecord{}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("empty")));
+  const absl::Time t0 = clock_.Now();
+  HostRecord host;
+  host.host_id = "web-1";
+  host.first_seen = t0;
+  host.last_seen = t0;
+  ASSERT_THAT(store_->PutHost(host), IsOk());
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(HostRecord got, store_->GetHost("web-1"));
+  EXPECT_EQ(got.first_seen, t0);
+  EXPECT_EQ(got.acked_version, 0u);
+  EXPECT_FALSE(got.nack_time.has_value());
+  EXPECT_THAT(got.vms, IsEmpty());
+
+  host.first_seen = t0 + absl::Hours(5);  // Ignored for an existing host.
+  host.last_seen = t0 + absl::Seconds(7);
+  host.acked_version = 4;
+  host.nack_version = 4;
+  host.nacked_version = 5;
+  host.nack_error = "rule x: bad";
+  host.nack_time = t0 + absl::Seconds(6);
+  v1::VmInfo vm;
+  vm.set_name("web");
+  vm.set_init_pid(42);
+  vm.set_running(true);
+  host.vms.push_back(vm);
+  ASSERT_THAT(store_->PutHost(host), IsOk());
+  HostRecord other;
+  other.host_id = "db-1";
+  other.first_seen = other.last_seen = t0;
+  ASSERT_THAT(store_->PutHost(other), IsOk());
+
+  store_.reset();
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(store_, OpenAgain());
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(got, store_->GetHost("web-1"));
+  EXPECT_EQ(got.first_seen, t0);
+  EXPECT_EQ(got.last_seen, t0 + absl::Seconds(7));
+  EXPECT_EQ(got.acked_version, 4u);
+  EXPECT_EQ(got.nack_version, 4u);
+  EXPECT_EQ(got.nacked_version, 5u);
+  EXPECT_EQ(got.nack_error, "rule x: bad");
+  ASSERT_TRUE(got.nack_time.has_value());
+  EXPECT_EQ(*got.nack_time, t0 + absl::Seconds(6));
+  ASSERT_THAT(got.vms, SizeIs(1));
+  EXPECT_TRUE(MessageDifferencer::Equals(got.vms[0], vm));
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(std::vector<HostRecord> all, store_->ListHosts());
+  ASSERT_THAT(all, SizeIs(2));
+  EXPECT_EQ(all[0].host_id, "db-1");
+  EXPECT_EQ(all[1].host_id, "web-1");
+}
+
 }  // namespace
 }  // namespace shuttle::controller::testing

@@ -294,6 +294,24 @@ pass "a client without a certificate is refused"
 expect_exit 1 "server from another CA" --ca "$WORK/other/ca.pem" policy ls
 pass "shuttlectl refuses a controller its CA did not sign"
 
+# ----- join tokens and hosts (enrollment itself: controller/service/agent_fleet_integration_test)
+expect_ok "token create" token create --ttl 10m --host web-9
+out_has "token create" '^token: +sjt_[0-9a-f]{64}$'
+out_has "token create" '^host: +web-9$'
+expect_ok "token create json" token create -o json
+json_check "token create json" 'd["token"].startswith("sjt_") and len(d["token"]) == 68'
+expect_exit 1 "viewer token create" "${VIEWER[@]}" token create
+err_has "viewer token create" '^shuttlectl: token create: PERMISSION_DENIED: '
+expect_exit 1 "token create bad host" token create --host ../x
+err_has "token create bad host" 'INVALID_ARGUMENT: host id'
+expect_ok "hosts" hosts
+out_has "hosts" '^HOST +CONNECTED +POLICY-VERSION'
+expect_exit 1 "hosts unknown" hosts nope
+err_has "hosts unknown" '^shuttlectl: hosts: NOT_FOUND: '
+expect_exit 1 "no client cert hosts" --no-client-cert hosts
+err_has "no client cert hosts" 'UNAUTHENTICATED'
+pass "token create prints a join token (admin only); hosts answers"
+
 # ----- metrics ---------------------------------------------------------------------------------
 curl -sf --max-time 10 "http://127.0.0.1:$METRICS_PORT/metrics" >"$WORK/out" 2>"$WORK/err" ||
   fail "curl /metrics failed"

@@ -109,6 +109,7 @@ struct MatcherIndex {
   v1::PolicyBundle bundle;  // The applicable policies, by name; CompiledRule points into it.
   std::vector<CompiledRule> rules;
   bool uses_programs = false;  // Some rule's CompiledRule::program is non-empty.
+  bool uses_uids = false;      // Some rule's CompiledRule::has_uid is set.
   // Per kind: subject VM ("*" for rules that name none) -> bucket.
   std::array<StringMap<Bucket>, kKindCount> buckets;
   // Per kind: the "*" bucket of `buckets`, or null; saves a probe per lookup.
@@ -452,6 +453,7 @@ absl::StatusOr<std::shared_ptr<const CompiledPolicy>> CompiledPolicy::Compile(
       r.program_prefix = program.prefix;
       if (!r.program.empty()) index.uses_programs = true;
       r.has_uid = rule.subject().has_uid();
+      if (r.has_uid) index.uses_uids = true;
       r.uid = rule.subject().uid();
       if (!IsAnyVm(rule.object().vm())) r.object_vm = rule.object().vm();
       r.rank = RankOf(r);
@@ -552,5 +554,6 @@ v1::Decision CompiledPolicy::ToProto(const Verdict& verdict) const {
 uint64_t CompiledPolicy::version() const { return index_->version; }
 size_t CompiledPolicy::rule_count() const { return index_->rules.size(); }
 bool CompiledPolicy::uses_programs() const { return index_->uses_programs; }
+bool CompiledPolicy::uses_uids() const { return index_->uses_uids; }
 
 }  // namespace shuttle::policy

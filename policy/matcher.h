@@ -123,6 +123,8 @@ class CompiledPolicy {
   // never looks at InteractionView::program, so a caller may skip finding it out (the agent's
   // readlink of /proc/PID/exe on every intercepted call).
   bool uses_programs() const;
+  // True if some rule names a uid (subject.uid); when false, InteractionView::uid is ignored.
+  bool uses_uids() const;
 
   ~CompiledPolicy();
 

@@ -792,6 +792,32 @@ TEST(Examples, WebappPolicyDecidesThePapersCase) {
 
 // uses_programs() is what lets the agent skip reading /proc/PID/exe: it must be true whenever
 // the program can change a verdict, and false only when it cannot.
+TEST(UsesUids, TrueOnlyIfSomeRuleNamesAUid) {
+  auto none = MustCompile({});
+  ASSERT_NE(none, nullptr);
+  EXPECT_FALSE(none->uses_uids());
+  auto with_uid = MustCompile({R"(name: u
+rules:
+  - name: r
+    subject: { vm: web, uid: 1000 }
+    kind: unix-connect
+    object: { path: /run/x }
+    action: deny
+)"});
+  ASSERT_NE(with_uid, nullptr);
+  EXPECT_TRUE(with_uid->uses_uids());
+  auto without_uid = MustCompile({R"(name: p
+rules:
+  - name: r
+    subject: { vm: web, program: /usr/bin/psql }
+    kind: unix-connect
+    object: { path: /run/x }
+    action: deny
+)"});
+  ASSERT_NE(without_uid, nullptr);
+  EXPECT_FALSE(without_uid->uses_uids());
+}
+
 TEST(UsesPrograms, TrueOnlyIfSomeRuleNamesAProgram) {
   auto none = MustCompile({});
   ASSERT_NE(none, nullptr);

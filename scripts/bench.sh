@@ -12,8 +12,8 @@
 # usage: scripts/bench.sh BUILD_DIR
 # environment (all optional):
 #   BENCH_N=20000      operations of each kind per repetition
-#   BENCH_REPS=5       repetitions per run (the run reports their median)
-#   BENCH_ROUNDS=5     bare+vm pairs
+#   BENCH_REPS=9       repetitions per run (the run reports their median and fastest)
+#   BENCH_ROUNDS=11    bare+vm pairs
 #   BENCH_POLICY=FILE  policy for the agent (--policy-file); default none (built-in defaults)
 #   BENCH_MATCHER=0    skip the matcher benchmark
 set -euo pipefail
@@ -24,10 +24,10 @@ case "$BUILD_DIR" in
   *) BUILD_DIR="$PWD/$BUILD_DIR" ;;
 esac
 N=${BENCH_N:-20000}
-REPS=${BENCH_REPS:-5}
-ROUNDS=${BENCH_ROUNDS:-5}
+REPS=${BENCH_REPS:-9}
+ROUNDS=${BENCH_ROUNDS:-11}
 POLICY=${BENCH_POLICY:-}
-RUN_TIMEOUT=120  # seconds for one run of the syscall benchmark; a run takes a few
+RUN_TIMEOUT=120  # seconds for one run of the syscall benchmark; a run takes a few seconds
 
 MATCHER="$BUILD_DIR/bench/shuttle_bench_matcher"
 SYSCALL="$BUILD_DIR/bench/shuttle_bench_syscall"
@@ -40,6 +40,12 @@ done
 for n in "$N" "$REPS" "$ROUNDS"; do
   [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "bench: BENCH_N/REPS/ROUNDS must be positive" >&2; exit 1; }
 done
+case "$SYSCALL" in
+  /tmp/* | /run/* | /dev/*)  # A VM has its own /tmp, /run and /dev: the binary would not be there.
+    echo "bench: $BUILD_DIR is not visible in a VM; use a build dir outside /tmp, /run and /dev" >&2
+    exit 1
+    ;;
+esac
 if [ -n "$POLICY" ]; then
   POLICY=$(cd "$(dirname "$POLICY")" && pwd)/$(basename "$POLICY")
   [ -r "$POLICY" ] || { echo "bench: cannot read BENCH_POLICY $POLICY" >&2; exit 1; }
@@ -50,7 +56,7 @@ section() { printf '\n%s== %s%s\n' "$BOLD" "$1" "$PLAIN"; }
 
 if [ "${BENCH_MATCHER:-1}" != 0 ]; then
   section "Policy matcher: CompiledPolicy::Decide() at 10, 1,000 and 100,000 rules"
-  timeout 600 "$MATCHER" --benchmark_min_time=0.2 --benchmark_counters_tabular=true
+  timeout 300 "$MATCHER" --benchmark_min_time=0.2 --benchmark_counters_tabular=true
 fi
 
 section "Syscalls: bare on the host vs under 'shuttlectl run' in a VM"
@@ -141,38 +147,47 @@ for mode in bare vm; do
   }
 done
 
-# Proof that the VM's connects went through the agent.
+# Proof that the VM's connects went through the agent: it decided at least the timed ones (the
+# warm-up adds a few more).
 decided=$(curl -fsS "http://127.0.0.1:$METRICS_PORT/metrics" |
   awk '/^shuttle_agent_decisions_total\{/ && /kind="unix-connect"/ { s += $NF } END { printf "%d", s }')
-expected=$((ROUNDS * (REPS * N + (N / 10 < 1000 ? (N < 1000 ? N : 1000) : N / 10))))
+timed=$((ROUNDS * REPS * N))
 
 printf '\n'
-# Per operation: median ns/op over the rounds for each side, and the median of the per-round
-# ratios vm/bare (each pair ran back to back, so its ratio is the least disturbed figure).
-awk -v decided="$decided" -v expected="$expected" '
-  function median(list, n,   i, j, t, a) {
+# Per operation: the median ns/op over the rounds for each side, and the median of the
+# per-round ratios vm/bare (each pair ran back to back, so its ratio is the least disturbed
+# figure), with their spread; "fastest" is the same ratio from each run's fastest repetition,
+# which preemption by other work can only make slower. The target is judged on the median.
+awk -v decided="$decided" -v timed="$timed" '
+  function median(list,   n, i, j, t, a) {
     n = split(list, a, " ")
     for (i = 2; i <= n; ++i) { t = a[i]; for (j = i - 1; j >= 1 && a[j] > t; --j) a[j + 1] = a[j]; a[j + 1] = t }
     return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
   }
-  { ns[$1, $2, $3] = $4; rounds[$2] = 1; ops[$3] = 1 }
+  # Lines: MODE ROUND OP MEDIAN_NS MIN_NS MAX_NS
+  { ns[$1, $2, $3] = $4; best[$1, $2, $3] = $5; rounds[$2] = 1 }
   END {
     split("connect open_read getppid", order, " ")
     target["connect"] = 3; target["open_read"] = 1.03; target["getppid"] = 1.03
     what["connect"] = "intercepted"; what["open_read"] = "not intercepted"; what["getppid"] = "not intercepted"
-    printf "%-10s %-16s %12s %12s %9s %9s %9s  %s\n", "op", "", "bare ns/op", "vm ns/op", "vm/bare", "(min", "max)", "target"
+    printf "%-10s %-16s %11s %11s %8s %15s %8s  %s\n", "op", "", "bare ns/op", "vm ns/op", "vm/bare",
+           "(spread)", "fastest", "target"
     for (k = 1; k <= 3; ++k) {
-      op = order[k]; b = ""; v = ""; r = ""
+      op = order[k]; b = ""; v = ""; r = ""; f = ""; lo = ""; hi = ""
       for (round in rounds) {
         b = b " " ns["bare", round, op]; v = v " " ns["vm", round, op]
-        r = r " " ns["vm", round, op] / ns["bare", round, op]
+        x = ns["vm", round, op] / ns["bare", round, op]
+        r = r " " x
+        if (lo == "" || x < lo) lo = x
+        if (hi == "" || x > hi) hi = x
+        f = f " " best["vm", round, op] / best["bare", round, op]
       }
       ratio = median(r)
-      n = split(r, rs, " "); lo = rs[1]; hi = rs[1]
-      for (i = 2; i <= n; ++i) { if (rs[i] < lo) lo = rs[i]; if (rs[i] > hi) hi = rs[i] }
-      printf "%-10s %-16s %12.1f %12.1f %9.3f %9.3f %9.3f  < %-5s %s\n", op, what[op], median(b), median(v),
-             ratio, lo, hi, target[op], ratio < target[op] ? "PASS" : "MISS"
+      printf "%-10s %-16s %11.1f %11.1f %8.3f %15s %8.3f  < %-5s %s\n", op, what[op], median(b), median(v),
+             ratio, sprintf("(%.2f-%.2f)", lo, hi), median(f), target[op], (ratio < target[op] ? "PASS" : "MISS")
     }
-    printf "\nagent decisions for unix-connect: %d (the VM runs made %d connects)\n", decided, expected
+    printf "\nagent decisions for unix-connect: %d (timed connects in the VM: %d)%s\n", decided, timed,
+           (decided >= timed ? "" : "  WARNING: not every connect reached the agent")
   }' "$WORK/results"
-printf '\nvm/bare: median of the per-round ratios; (min max): their spread over the %d rounds.\n' "$ROUNDS"
+printf 'vm/bare: median over the %d rounds of the per-round ratio; fastest: the same from the\n' "$ROUNDS"
+printf 'fastest repetitions. The targets are issue 3 point 8'"'"'s; a MISS is reported, not failed.\n'

@@ -26,6 +26,12 @@ done
 
 cd "$ROOT"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/shuttle-demo.XXXXXX")
+# The probe runs inside VMs, whose /tmp, /run and /dev are private: put it where they can see it
+# (the build tree itself may be under /tmp).
+BIN=$(mktemp -d /var/tmp/shuttle-demo-bin.XXXXXX)
+chmod 0755 "$BIN"
+cp "$PROBE" "$BIN/ipc_probe"
+PROBE="$BIN/ipc_probe"
 DATA="$WORK/data"
 PID=""
 AGENT_PID=""
@@ -45,7 +51,7 @@ cleanup() {
     kill -TERM "$PID" 2>/dev/null || true
     wait "$PID" 2>/dev/null || true
   fi
-  rm -rf "$WORK"
+  rm -rf "$WORK" "$BIN"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

@@ -138,6 +138,28 @@ rules:
   EXPECT_TRUE(Decide("web", v1::UNIX_CONNECT, "/run/theirs.sock").is_continue());
 }
 
+TEST_F(PolicyDeciderTest, UidRulesSeeTheCallersEffectiveUid) {
+  // The test's own process is the caller: its effective uid must select the rule.
+  std::string yaml = R"(name: uids
+rules:
+  - name: my-uid
+    subject: { vm: web, uid: MINE }
+    kind: unix-connect
+    object: { path: /run/mine.sock }
+    action: deny
+  - name: other-uid
+    subject: { vm: web, uid: OTHER }
+    kind: unix-connect
+    object: { path: /run/theirs.sock }
+    action: deny
+)";
+  yaml.replace(yaml.find("MINE"), 4, std::to_string(geteuid()));
+  yaml.replace(yaml.find("OTHER"), 5, std::to_string(geteuid() + 4242));
+  holder_.Set(Compile(yaml.c_str()));
+  EXPECT_EQ(Decide("web", v1::UNIX_CONNECT, "/run/mine.sock").error, EACCES);
+  EXPECT_TRUE(Decide("web", v1::UNIX_CONNECT, "/run/theirs.sock").is_continue());
+}
+
 TEST(DenyErrno, SignalsGetEperm) {
   EXPECT_EQ(DenyErrno(v1::SIGNAL), EPERM);
   EXPECT_EQ(DenyErrno(v1::UNIX_CONNECT), EACCES);

@@ -17,6 +17,7 @@
 #include <atomic>
 #include <cerrno>
 #include <climits>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <utility>
@@ -609,20 +610,41 @@ absl::StatusOr<VmInfo> VmManager::Get(const std::string& name) const {
   return vm->info;
 }
 
-std::optional<std::string> VmManager::VmOfPid(pid_t pid) const {
+namespace {
+
+// The inode number of /proc/PID/ns/KIND from the link's text ("mnt:[4026531841]"): the same
+// number stat() gives, without making the kernel build and free a namespace inode and dentry
+// on every call (stat follows the link; readlink does not). 0 if the process is gone.
+uint64_t NamespaceInode(pid_t pid, const char* kind) {
   char path[64];
-  struct stat mnt_st, pid_st;
-  snprintf(path, sizeof(path), "/proc/%d/ns/mnt", static_cast<int>(pid));
-  if (stat(path, &mnt_st) != 0) return std::nullopt;
-  snprintf(path, sizeof(path), "/proc/%d/ns/pid", static_cast<int>(pid));
-  bool have_pid = stat(path, &pid_st) == 0;
-  absl::ReaderMutexLock lock(&mu_);
-  auto it = by_mnt_ns_.find(static_cast<uint64_t>(mnt_st.st_ino));
-  if (it != by_mnt_ns_.end()) return it->second;
-  if (have_pid) {
-    it = by_pid_ns_.find(static_cast<uint64_t>(pid_st.st_ino));
-    if (it != by_pid_ns_.end()) return it->second;
+  snprintf(path, sizeof(path), "/proc/%d/ns/%s", static_cast<int>(pid), kind);
+  char link[64];
+  ssize_t n = readlink(path, link, sizeof(link) - 1);
+  if (n <= 0) return 0;
+  link[n] = '\0';
+  const char* open = strchr(link, '[');
+  if (open == nullptr) return 0;
+  char* end = nullptr;
+  unsigned long long inode = strtoull(open + 1, &end, 10);
+  return (end != nullptr && *end == ']') ? static_cast<uint64_t>(inode) : 0;
+}
+
+}  // namespace
+
+std::optional<std::string> VmManager::VmOfPid(pid_t pid) const {
+  const uint64_t mnt = NamespaceInode(pid, "mnt");
+  if (mnt == 0) return std::nullopt;
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    auto it = by_mnt_ns_.find(mnt);
+    if (it != by_mnt_ns_.end()) return it->second;
   }
+  // Not in a VM's mount namespace: maybe a process that joined only its PID namespace.
+  const uint64_t pid_ns = NamespaceInode(pid, "pid");
+  if (pid_ns == 0) return std::nullopt;
+  absl::ReaderMutexLock lock(&mu_);
+  auto it = by_pid_ns_.find(pid_ns);
+  if (it != by_pid_ns_.end()) return it->second;
   return std::nullopt;
 }
 

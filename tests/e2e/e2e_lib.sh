@@ -8,6 +8,7 @@
 set -uo pipefail
 
 E2E_WORK=""
+E2E_BIN=""
 AGENT_PID=""
 METRICS_PORT=""
 AGENT_LOG=""
@@ -103,6 +104,13 @@ e2e_init() {
   E2E_WORK=$(mktemp -d "${TMPDIR:-/tmp}/shuttle-$E2E_NAME.XXXXXX") || fail "mktemp"
   chmod 0755 "$E2E_WORK"
   AGENT_SOCK="$E2E_WORK/agent.sock"
+  # Programs run inside the VMs must be on a path the VMs can see: their /tmp, /run and /dev are
+  # private, and the build tree may live under /tmp (a CI clone does). /var/tmp is on the root
+  # file system, which every VM sees through its overlay.
+  E2E_BIN=$(mktemp -d /var/tmp/shuttle-e2e-bin.XXXXXX) || fail "mktemp /var/tmp"
+  chmod 0755 "$E2E_BIN"
+  cp "$PROBE" "$E2E_BIN/ipc_probe" || fail "copy ipc_probe to $E2E_BIN"
+  PROBE="$E2E_BIN/ipc_probe"
   trap e2e_cleanup EXIT
   trap 'exit 143' TERM
   trap 'exit 130' INT
@@ -235,5 +243,6 @@ e2e_cleanup() {
   fi
   stop_agent || echo "cleanup: the agent did not stop on SIGTERM within 30 s; killed" >&2
   rm -rf "$E2E_WORK"
+  [ -n "${E2E_BIN:-}" ] && rm -rf "$E2E_BIN"
   exit "$rc"
 }

@@ -16,7 +16,7 @@
 namespace shuttle::cli {
 namespace {
 
-constexpr absl::string_view kGroups[] = {"policy", "token", "vm"};
+constexpr absl::string_view kGroups[] = {"policy", "answer", "token", "vm"};
 
 // absl::string_view is not std::string_view in Debian's Abseil; this spells the copy plainly.
 std::string ToString(absl::string_view s) { return std::string(s.data(), s.size()); }
@@ -98,6 +98,11 @@ absl::Status CheckValue(const FlagSpec& flag, absl::string_view value) {
     case FlagType::kSince:
       if (!ParseSince(value, absl::UnixEpoch()).ok()) {
         return bad("a duration back from now (90m) or an RFC 3339 time");
+      }
+      return absl::OkStatus();
+    case FlagType::kUntil:
+      if (!ParseUntil(value, absl::UnixEpoch()).ok()) {
+        return bad("a duration from now (2h) or an RFC 3339 time");
       }
       return absl::OkStatus();
   }
@@ -243,14 +248,28 @@ const std::vector<FlagSpec>& Flags() {
       {"kind", 0, FlagType::kKind, "KIND", "interaction kind: unix-connect, tcp-connect, ...",
        false},
       {"object", 0, FlagType::kString, "NAME",
-       "object: path, abstract name, IP:PORT, queue/segment name or program", false},
+       "object: path, abstract name, IP:PORT, queue/segment name or program (answer set: a glob, "
+       "each '*' matching anything)",
+       false},
       {"object-vm", 0, FlagType::kString, "VM", "VM that owns the object, or host", false},
       {"host", 0, FlagType::kString, "HOST", "host id", false},
       {"follow", 0, FlagType::kBool, "", "keep printing records as they arrive", false},
       {"since", 0, FlagType::kSince, "T", "90m (back from now) or an RFC 3339 time", false},
-      {"verdict", 0, FlagType::kVerdict, "V", "allow, deny or redirect", false},
+      {"verdict", 0, FlagType::kVerdict, "V", "allow, deny or redirect (answer set: allow or deny)",
+       false},
       {"limit", 0, FlagType::kPositive, "N", "at most N records (default 100)", false},
-      {"ttl", 0, FlagType::kDuration, "DURATION", "lifetime of the token (default 1h)", false},
+      {"ttl", 0, FlagType::kDuration, "DURATION",
+       "token create: how long the token can enroll (default 1h); answer set: how long agents "
+       "may cache the answer (default: the controller's --ask-default-ttl)",
+       false},
+      {"expires", 0, FlagType::kUntil, "T",
+       "when the answer stops applying: 2h (from now) or an RFC 3339 time (default: never)", false},
+      {"note", 0, FlagType::kString, "TEXT", "free text kept with the answer, e.g. a ticket",
+       false},
+      {"id", 0, FlagType::kString, "ID",
+       "answer id to create or replace (default: the answer with the same VM, kind and objects, "
+       "else a new id)",
+       false},
       {"user", 0, FlagType::kString, "USER", "run as this user (name or uid; default: yours)",
        false},
   };
@@ -343,7 +362,23 @@ const std::vector<CommandSpec>& Commands() {
        {},
        false,
        "query the audit log of crossing decisions (--follow to stream)",
-       "--vm matches the subject's or the object's VM."},
+       "--vm matches the subject's or the object's VM. Records are listed oldest first, at most\n"
+       "--limit (at most 10000). --follow prints records as the controller stores them until\n"
+       "interrupted (Ctrl-C exits 0); with --since it first prints the stored ones from then."},
+      {"answer set",
+       "",
+       0,
+       0,
+       {"vm", "kind", "object", "object-vm", "verdict", "ttl", "expires", "note", "id"},
+       {"vm", "kind", "object", "verdict"},
+       false,
+       "answer `ask` rules centrally: allow or deny a VM's interactions with matching objects",
+       "--vm is the subject's VM (or '*' for any), --object-vm the VM owning the object (default\n"
+       "any). The most specific answer wins: an exact VM over '*', an exact object over a glob, a\n"
+       "longer glob over a shorter one; deny wins a tie. An `ask` no answer matches is denied.\n"
+       "Setting the same VM, kind and objects again replaces that answer."},
+      {"answer ls", "", 0, 0, {}, {}, false, "list the standing answers to `ask`", ""},
+      {"answer rm", "ID", 1, 1, {}, {}, false, "remove a standing answer", ""},
       {"token create",
        "",
        0,
@@ -414,16 +449,29 @@ absl::StatusOr<absl::Duration> ParseTimeout(absl::string_view text) {
   return d;
 }
 
-absl::StatusOr<absl::Time> ParseSince(absl::string_view text, absl::Time now) {
+namespace {
+
+// An RFC 3339 time, or `now` moved by a duration: back when `back`, ahead otherwise.
+absl::StatusOr<absl::Time> TimeOrOffset(absl::string_view text, absl::Time now, bool back) {
   absl::Time t;
   std::string err;
   if (absl::ParseTime(absl::RFC3339_full, ToString(text), &t, &err)) return t;
-  absl::StatusOr<absl::Duration> back = ParseTimeout(text);
-  if (!back.ok()) {
+  absl::StatusOr<absl::Duration> offset = ParseTimeout(text);
+  if (!offset.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("'", text, "' is neither a duration nor an RFC 3339 time"));
   }
-  return now - *back;
+  return back ? now - *offset : now + *offset;
+}
+
+}  // namespace
+
+absl::StatusOr<absl::Time> ParseSince(absl::string_view text, absl::Time now) {
+  return TimeOrOffset(text, now, /*back=*/true);
+}
+
+absl::StatusOr<absl::Time> ParseUntil(absl::string_view text, absl::Time now) {
+  return TimeOrOffset(text, now, /*back=*/false);
 }
 
 absl::StatusOr<Invocation> ParseArgs(const std::vector<std::string>& argv,
@@ -589,7 +637,8 @@ std::string HelpText(absl::string_view topic) {
   }
   return absl::StrCat(
       "usage: shuttlectl COMMAND [flags]\n\n"
-      "shuttlectl drives a Shuttle controller: policies, explain, hosts, audit, join tokens.\n"
+      "shuttlectl drives a Shuttle controller: policies, explain, hosts, audit, standing\n"
+      "answers to `ask`, join tokens.\n"
       "It connects with mTLS using the controller's CA and admin certificate from --data-dir\n"
       "unless --ca/--cert/--key say otherwise.\n\nCommands:\n",
       CommandList(""),

@@ -53,6 +53,7 @@ enum class FlagType {
   kKind,      // an interaction kind name: unix-connect, tcp-connect, ...
   kVerdict,   // allow | deny | redirect
   kSince,     // a duration back from now ("1h") or an RFC 3339 time
+  kUntil,     // a duration from now ("2h") or an RFC 3339 time
 };
 
 struct FlagSpec {
@@ -113,6 +114,9 @@ absl::StatusOr<absl::Duration> ParseTimeout(absl::string_view text);
 
 // --since: a duration back from `now` ("90m") or an RFC 3339 time ("2024-05-01T12:00:00Z").
 absl::StatusOr<absl::Time> ParseSince(absl::string_view text, absl::Time now);
+
+// --expires: a duration from `now` ("2h") or an RFC 3339 time.
+absl::StatusOr<absl::Time> ParseUntil(absl::string_view text, absl::Time now);
 
 }  // namespace shuttle::cli
 

@@ -207,6 +207,40 @@ TEST(ParseArgsTest, LaterIssueVerbsParse) {
   EXPECT_THAT(Parse({"vm", "rm", "web"}), IsOk());
 }
 
+TEST(ParseArgsTest, AnswerVerbs) {
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(Invocation set, Parse({"answer",      "set",
+                                                      "--vm",        "*",
+                                                      "--kind",      "unix-connect",
+                                                      "--object",    "/run/*",
+                                                      "--verdict",   "allow",
+                                                      "--ttl",       "2m",
+                                                      "--expires",   "2030-01-01T00:00:00Z",
+                                                      "--note",      "INC-1",
+                                                      "--object-vm", "db",
+                                                      "--id",        "web-run"}));
+  EXPECT_EQ(set.command->name, "answer set");
+  EXPECT_EQ(set.Get("vm"), "*");
+  EXPECT_EQ(set.Get("expires"), "2030-01-01T00:00:00Z");
+  EXPECT_EQ(set.Get("id"), "web-run");
+  EXPECT_THAT(
+      Parse({"answer", "set", "--vm", "web", "--kind", "signal", "--object", "x"}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("answer set: missing --verdict V")));
+  EXPECT_THAT(Parse({"answer", "set", "--vm", "web", "--kind", "signal", "--object", "x",
+                     "--verdict", "deny", "--expires", "someday"}),
+              StatusIs(absl::StatusCode::kInvalidArgument,
+                       HasSubstr("--expires: 'someday' is not a duration from now")));
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(Invocation ls, Parse({"answer", "ls", "-o", "json"}));
+  EXPECT_EQ(ls.command->name, "answer ls");
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(Invocation rm, Parse({"answer", "rm", "ans-1"}));
+  EXPECT_THAT(rm.args, ElementsAre("ans-1"));
+  EXPECT_THAT(Parse({"answer", "rm"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("answer rm: missing ID")));
+  EXPECT_THAT(Parse({"answer"}), StatusIs(absl::StatusCode::kInvalidArgument,
+                                          HasSubstr("answer: missing subcommand (set, ls, rm)")));
+  EXPECT_THAT(Parse({"answer", "ls", "--note", "x"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("unknown flag --note")));
+}
+
 TEST(ParseArgsTest, HelpWinsEvenOnAnIncompleteLine) {
   SHUTTLE_ASSERT_OK_AND_ASSIGN(Invocation top, Parse({"--help"}));
   EXPECT_TRUE(top.help);
@@ -255,6 +289,13 @@ TEST(ParseSinceTest, DurationBackFromNowOrRfc3339) {
   EXPECT_EQ(*ParseSince("1h", now), now - absl::Hours(1));
   EXPECT_EQ(*ParseSince("2024-05-01T12:00:00Z", now), absl::FromUnixSeconds(1714564800));
   EXPECT_THAT(ParseSince("last tuesday", now), Not(IsOk()));
+}
+
+TEST(ParseUntilTest, DurationFromNowOrRfc3339) {
+  const absl::Time now = absl::FromUnixSeconds(1'700'000'000);
+  EXPECT_EQ(*ParseUntil("2h", now), now + absl::Hours(2));
+  EXPECT_EQ(*ParseUntil("2024-05-01T12:00:00Z", now), absl::FromUnixSeconds(1714564800));
+  EXPECT_THAT(ParseUntil("-1h", now), Not(IsOk()));
 }
 
 }  // namespace

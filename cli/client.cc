@@ -67,7 +67,8 @@ ControllerClient::ControllerClient(const GlobalOptions& options,
       channel_(std::move(channel)),
       policy_(v1::PolicyService::NewStub(channel_)),
       fleet_(v1::FleetService::NewStub(channel_)),
-      audit_(v1::AuditService::NewStub(channel_)) {}
+      audit_(v1::AuditService::NewStub(channel_)),
+      answers_(v1::AnswerService::NewStub(channel_)) {}
 
 std::unique_ptr<grpc::ClientContext> ControllerClient::NewContext(bool streaming) const {
   auto ctx = std::make_unique<grpc::ClientContext>();

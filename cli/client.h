@@ -14,6 +14,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "cli/args.h"
+#include "shuttle/v1/answers.grpc.pb.h"
 #include "shuttle/v1/audit.grpc.pb.h"
 #include "shuttle/v1/fleet.grpc.pb.h"
 #include "shuttle/v1/policy.grpc.pb.h"
@@ -30,6 +31,7 @@ class ControllerClient {
   v1::PolicyService::Stub& policy() { return *policy_; }
   v1::FleetService::Stub& fleet() { return *fleet_; }
   v1::AuditService::Stub& audit() { return *audit_; }
+  v1::AnswerService::Stub& answers() { return *answers_; }
 
   // A context for one call, with the --timeout deadline (none when `streaming`).
   std::unique_ptr<grpc::ClientContext> NewContext(bool streaming = false) const;
@@ -46,6 +48,7 @@ class ControllerClient {
   std::unique_ptr<v1::PolicyService::Stub> policy_;
   std::unique_ptr<v1::FleetService::Stub> fleet_;
   std::unique_ptr<v1::AuditService::Stub> audit_;
+  std::unique_ptr<v1::AnswerService::Stub> answers_;
 };
 
 // The one-line reason for a failed call made with `options` (exposed for tests). When the

@@ -16,6 +16,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/clock.h"
 #include "cli/client.h"
+#include "cli/interrupt.h"
 #include "cli/local_agent.h"
 #include "cli/output.h"
 #include "common/status_macros.h"
@@ -282,7 +283,7 @@ absl::Status Explain(const Invocation& inv, ControllerClient& client, std::ostre
   return absl::OkStatus();
 }
 
-// ----- fleet and audit (served by later issues; the calls are real) --------------------------
+// ----- fleet and audit -----------------------------------------------------------------------
 
 std::string NackText(const v1::HostStatus& host) {
   if (host.last_nack_error().empty() && host.last_nack_version() == 0) return "";
@@ -330,6 +331,11 @@ absl::Status Hosts(const Invocation& inv, ControllerClient& client, std::ostream
   return absl::OkStatus();
 }
 
+// "db:/run/db.sock"; just the name when the object's VM is unknown.
+std::string ObjectRef(absl::string_view vm, absl::string_view name) {
+  return vm.empty() ? std::string(name) : absl::StrCat(vm, ":", name);
+}
+
 std::vector<std::string> AuditRow(const v1::AuditRecord& record) {
   const v1::Interaction& i = record.interaction();
   const v1::Decision& d = record.decision();
@@ -339,16 +345,57 @@ std::vector<std::string> AuditRow(const v1::AuditRecord& record) {
           i.pid() == 0 ? "" : Str(i.pid()),
           i.program(),
           std::string(policy::KindName(i.kind())),
-          i.object_vm(),
-          i.object_name(),
+          ObjectRef(i.object_vm(), i.object_name()),
           std::string(policy::VerdictName(d.verdict())),
-          RuleRef(d.policy(), d.rule())};
+          d.enforced() ? "yes" : "no",
+          RuleRef(d.policy(), d.rule()),
+          d.policy_version() == 0 ? "" : Str(d.policy_version()),
+          record.has_latency() ? FormatDuration(record.latency()) : ""};
 }
 
 const std::vector<std::string>& AuditHeaders() {
-  static const auto* const kHeaders = new std::vector<std::string>{
-      "TIME", "HOST", "VM", "PID", "PROGRAM", "KIND", "OBJECT-VM", "OBJECT", "VERDICT", "RULE"};
+  static const auto* const kHeaders =
+      new std::vector<std::string>{"TIME",   "HOST",    "VM",       "PID",  "PROGRAM", "KIND",
+                                   "OBJECT", "VERDICT", "ENFORCED", "RULE", "VERSION", "LATENCY"};
   return *kHeaders;
+}
+
+google::protobuf::Timestamp ToTimestamp(absl::Time t) {
+  google::protobuf::Timestamp ts;
+  const int64_t micros = absl::ToUnixMicros(t);
+  ts.set_seconds(micros / 1'000'000 - (micros % 1'000'000 < 0 ? 1 : 0));
+  ts.set_nanos(static_cast<int32_t>((micros - ts.seconds() * 1'000'000) * 1000));
+  return ts;
+}
+
+// Prints records as the controller stores them until the stream ends or the user interrupts
+// (which is success). A stream can't be aligned in advance: one record per line, flushed.
+absl::Status FollowAudit(const Invocation& inv, ControllerClient& client,
+                         const v1::AuditFilter& filter, std::ostream& out) {
+  v1::FollowAuditRequest request;
+  *request.mutable_filter() = filter;
+  std::unique_ptr<grpc::ClientContext> ctx = client.NewContext(/*streaming=*/true);
+  // Before the call starts, so an interrupt at any point ends it cleanly.
+  CancelOnInterrupt interrupt(ctx.get());
+  std::unique_ptr<grpc::ClientReader<v1::AuditRecord>> reader =
+      client.audit().Follow(ctx.get(), request);
+  if (!Json(inv)) out << absl::StrJoin(AuditHeaders(), "  ") << "\n" << std::flush;
+  v1::AuditRecord record;
+  while (reader->Read(&record)) {
+    if (Json(inv)) {
+      SHUTTLE_RETURN_IF_ERROR(PrintJson(record, out, /*compact=*/true));
+    } else {
+      std::vector<std::string> cells = AuditRow(record);
+      for (std::string& cell : cells) {
+        if (cell.empty()) cell = "-";
+      }
+      out << absl::StrJoin(cells, "  ") << "\n";
+    }
+    out.flush();
+  }
+  grpc::Status status = reader->Finish();
+  if (interrupt.interrupted()) return absl::OkStatus();
+  return client.CallError(status);
 }
 
 absl::Status Audit(const Invocation& inv, ControllerClient& client, std::ostream& out) {
@@ -357,29 +404,11 @@ absl::Status Audit(const Invocation& inv, ControllerClient& client, std::ostream
   filter.set_vm(inv.Get("vm"));
   if (inv.Has("since")) {
     SHUTTLE_ASSIGN_OR_RETURN(absl::Time since, ParseSince(inv.Get("since"), absl::Now()));
-    filter.mutable_since()->set_seconds(absl::ToUnixSeconds(since));
+    *filter.mutable_since() = ToTimestamp(since);
   }
   if (inv.Has("verdict")) filter.set_verdict(*policy::ParseVerdictName(inv.Get("verdict")));
   if (inv.Has("kind")) filter.set_kind(*policy::ParseKindName(inv.Get("kind")));
-
-  if (inv.Has("follow")) {
-    v1::FollowAuditRequest request;
-    *request.mutable_filter() = filter;
-    std::unique_ptr<grpc::ClientContext> ctx = client.NewContext(/*streaming=*/true);
-    std::unique_ptr<grpc::ClientReader<v1::AuditRecord>> reader =
-        client.audit().Follow(ctx.get(), request);
-    v1::AuditRecord record;
-    while (reader->Read(&record)) {
-      // A stream cannot be aligned in advance: one record per line, flushed as it arrives.
-      if (Json(inv)) {
-        SHUTTLE_RETURN_IF_ERROR(PrintJson(record, out, /*compact=*/true));
-      } else {
-        out << absl::StrJoin(AuditRow(record), "  ") << "\n";
-      }
-      out.flush();
-    }
-    return client.CallError(reader->Finish());
-  }
+  if (inv.Has("follow")) return FollowAudit(inv, client, filter, out);
 
   v1::QueryAuditRequest request;
   *request.mutable_filter() = filter;
@@ -413,6 +442,84 @@ absl::Status TokenCreate(const Invocation& inv, ControllerClient& client, std::o
   return absl::OkStatus();
 }
 
+// ----- standing answers to `ask` ----------------------------------------------------------------
+
+std::string AnswerTtl(const v1::StandingAnswer& a) {
+  return a.has_ttl() ? FormatDuration(a.ttl()) : "default";
+}
+
+std::string AnswerExpiry(const v1::StandingAnswer& a) {
+  if (!a.has_expires()) return "never";
+  const bool past = a.expires().seconds() <= absl::ToUnixSeconds(absl::Now());
+  return absl::StrCat(FormatTimestamp(a.expires()), past ? " (expired)" : "");
+}
+
+absl::Status AnswerSet(const Invocation& inv, ControllerClient& client, std::ostream& out) {
+  v1::PutAnswerRequest request;
+  v1::StandingAnswer& a = *request.mutable_answer();
+  a.set_id(inv.Get("id"));
+  a.set_subject_vm(inv.Get("vm"));
+  a.set_kind(*policy::ParseKindName(inv.Get("kind")));
+  a.set_object_vm(inv.Get("object-vm"));
+  a.set_object(inv.Get("object"));
+  const v1::Verdict verdict = *policy::ParseVerdictName(inv.Get("verdict"));
+  if (verdict != v1::VERDICT_ALLOW && verdict != v1::VERDICT_DENY) {
+    return absl::InvalidArgumentError(absl::StrCat("--verdict must be allow or deny, not ",
+                                                   inv.Get("verdict"),
+                                                   " (a standing answer can't redirect)"));
+  }
+  a.set_verdict(verdict);
+  if (std::optional<absl::Duration> ttl = inv.GetDuration("ttl"); ttl.has_value()) {
+    a.mutable_ttl()->set_seconds(absl::ToInt64Seconds(*ttl));
+    a.mutable_ttl()->set_nanos(
+        static_cast<int32_t>(absl::ToInt64Nanoseconds(*ttl - absl::Seconds(a.ttl().seconds()))));
+  }
+  if (inv.Has("expires")) {
+    SHUTTLE_ASSIGN_OR_RETURN(absl::Time expires, ParseUntil(inv.Get("expires"), absl::Now()));
+    *a.mutable_expires() = ToTimestamp(expires);
+  }
+  a.set_note(inv.Get("note"));
+  v1::PutAnswerResponse response;
+  SHUTTLE_RETURN_IF_ERROR(
+      Call(client, client.answers(), &v1::AnswerService::Stub::Put, request, &response));
+  if (Json(inv)) return PrintJson(response, out);
+  const v1::StandingAnswer& stored = response.answer();
+  out << (response.replaced() ? "replaced" : "added") << " answer " << stored.id() << ": "
+      << stored.subject_vm() << " " << policy::KindName(stored.kind()) << " "
+      << ObjectRef(stored.object_vm(), stored.object()) << " -> "
+      << policy::VerdictName(stored.verdict()) << " (ttl " << AnswerTtl(stored) << ", expires "
+      << AnswerExpiry(stored) << ")\n";
+  return absl::OkStatus();
+}
+
+absl::Status AnswerList(const Invocation& inv, ControllerClient& client, std::ostream& out) {
+  v1::ListAnswersResponse response;
+  SHUTTLE_RETURN_IF_ERROR(Call(client, client.answers(), &v1::AnswerService::Stub::List,
+                               v1::ListAnswersRequest(), &response));
+  if (Json(inv)) return PrintJson(response, out);
+  Table table(
+      {"ID", "VM", "KIND", "OBJECT", "VERDICT", "TTL", "EXPIRES", "AUTHOR", "CREATED", "NOTE"});
+  for (const v1::StandingAnswer& a : response.answers()) {
+    table.AddRow({a.id(), a.subject_vm(), std::string(policy::KindName(a.kind())),
+                  ObjectRef(a.object_vm(), a.object()),
+                  std::string(policy::VerdictName(a.verdict())), AnswerTtl(a), AnswerExpiry(a),
+                  a.author(), FormatTimestamp(a.created()), OneLine(a.note())});
+  }
+  out << table.Render();
+  return absl::OkStatus();
+}
+
+absl::Status AnswerRemove(const Invocation& inv, ControllerClient& client, std::ostream& out) {
+  v1::DeleteAnswerRequest request;
+  request.set_id(inv.args[0]);
+  v1::DeleteAnswerResponse response;
+  SHUTTLE_RETURN_IF_ERROR(
+      Call(client, client.answers(), &v1::AnswerService::Stub::Delete, request, &response));
+  if (Json(inv)) return PrintJson(response, out);
+  out << "removed answer " << response.answer().id() << "\n";
+  return absl::OkStatus();
+}
+
 // ----- local agent (a later issue) ------------------------------------------------------------
 
 using RemoteHandler = absl::Status (*)(const Invocation&, ControllerClient&, std::ostream&);
@@ -434,6 +541,9 @@ constexpr Verb kVerbs[] = {
     {"explain", Explain, nullptr},
     {"hosts", Hosts, nullptr},
     {"audit", Audit, nullptr},
+    {"answer set", AnswerSet, nullptr},
+    {"answer ls", AnswerList, nullptr},
+    {"answer rm", AnswerRemove, nullptr},
     {"token create", TokenCreate, nullptr},
     {"vm create", nullptr, RunLocalAgentVerb},
     {"vm ls", nullptr, RunLocalAgentVerb},

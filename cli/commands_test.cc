@@ -4,9 +4,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <csignal>
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <grpcpp/security/server_credentials.h>
@@ -15,9 +17,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/synchronization/notification.h"
 #include "cli/client.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "shuttle/v1/answers.grpc.pb.h"
+#include "shuttle/v1/audit.grpc.pb.h"
 #include "shuttle/v1/policy.grpc.pb.h"
 
 namespace shuttle::cli {
@@ -238,12 +243,114 @@ class FakePolicyService final : public v1::PolicyService::Service {
   v1::ExplainRequest last_explain;
 };
 
+// One audit record with every column set.
+v1::AuditRecord CannedRecord() {
+  v1::AuditRecord r;
+  r.set_id("web-1/b/1");
+  r.mutable_time()->set_seconds(1714564800);
+  r.set_host_id("web-1");
+  v1::Interaction* i = r.mutable_interaction();
+  i->set_subject_vm("web");
+  i->set_pid(4242);
+  i->set_program("/usr/bin/psql");
+  i->set_kind(v1::UNIX_CONNECT);
+  i->set_object_vm("db");
+  i->set_object_name("/run/db.sock");
+  v1::Decision* d = r.mutable_decision();
+  d->set_verdict(v1::VERDICT_DENY);
+  d->set_enforced(true);
+  d->set_policy("webapp");
+  d->set_rule("ask-db");
+  d->set_policy_version(7);
+  r.mutable_latency()->set_nanos(35'000);
+  return r;
+}
+
+// An AuditService with one canned record. Follow sends it, then waits for the client to cancel.
+class FakeAuditService final : public v1::AuditService::CallbackService {
+ public:
+  grpc::ServerUnaryReactor* Query(grpc::CallbackServerContext* ctx,
+                                  const v1::QueryAuditRequest* request,
+                                  v1::QueryAuditResponse* response) override {
+    last_query = *request;
+    *response->add_records() = CannedRecord();
+    response->set_next_page_token("more");
+    grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+  grpc::ServerWriteReactor<v1::AuditRecord>* Follow(grpc::CallbackServerContext*,
+                                                    const v1::FollowAuditRequest*) override {
+    return new Streamer(&follow_sent);
+  }
+
+  v1::QueryAuditRequest last_query;
+  absl::Notification follow_sent;  // The followed record went out.
+
+ private:
+  class Streamer final : public grpc::ServerWriteReactor<v1::AuditRecord> {
+   public:
+    explicit Streamer(absl::Notification* sent) : sent_(sent), record_(CannedRecord()) {
+      StartWrite(&record_);
+    }
+    void OnWriteDone(bool) override { sent_->Notify(); }
+    void OnCancel() override { Finish(grpc::Status::CANCELLED); }
+    void OnDone() override { delete this; }
+
+   private:
+    absl::Notification* sent_;
+    v1::AuditRecord record_;
+  };
+};
+
+// An AnswerService that keeps the last Put and answers with canned answers.
+class FakeAnswerService final : public v1::AnswerService::Service {
+ public:
+  grpc::Status Put(grpc::ServerContext*, const v1::PutAnswerRequest* request,
+                   v1::PutAnswerResponse* response) override {
+    last_put = *request;
+    *response->mutable_answer() = request->answer();
+    response->mutable_answer()->set_id("ans-1");
+    response->mutable_answer()->set_author("admin");
+    return grpc::Status::OK;
+  }
+  grpc::Status List(grpc::ServerContext*, const v1::ListAnswersRequest*,
+                    v1::ListAnswersResponse* response) override {
+    v1::StandingAnswer* a = response->add_answers();
+    a->set_id("ans-1");
+    a->set_subject_vm("web");
+    a->set_kind(v1::UNIX_CONNECT);
+    a->set_object_vm("*");
+    a->set_object("/run/*");
+    a->set_verdict(v1::VERDICT_ALLOW);
+    a->mutable_ttl()->set_seconds(120);
+    a->set_note("INC-1");
+    a->set_author("admin");
+    a->mutable_created()->set_seconds(1714564800);
+    return grpc::Status::OK;
+  }
+  grpc::Status Delete(grpc::ServerContext*, const v1::DeleteAnswerRequest* request,
+                      v1::DeleteAnswerResponse* response) override {
+    if (request->id() != "ans-1") {
+      return grpc::Status(grpc::StatusCode::NOT_FOUND,
+                          "standing answer \"" + request->id() + "\" not found");
+    }
+    response->mutable_answer()->set_id("ans-1");
+    return grpc::Status::OK;
+  }
+
+  v1::PutAnswerRequest last_put;
+};
+
 class FakeControllerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     grpc::ServerBuilder builder;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
     builder.RegisterService(&service_);
+    builder.RegisterService(&audit_);
+    builder.RegisterService(&answers_);
     server_ = builder.BuildAndStart();
     ASSERT_NE(server_, nullptr);
     ASSERT_GT(port_, 0);
@@ -256,6 +363,8 @@ class FakeControllerTest : public ::testing::Test {
   }
 
   FakePolicyService service_;
+  FakeAuditService audit_;
+  FakeAnswerService answers_;
   int port_ = 0;
   std::unique_ptr<grpc::Server> server_;
 };
@@ -325,6 +434,95 @@ TEST_F(FakeControllerTest, ExplainSendsTheInteractionAndShowsWinnerAndLosers) {
             "POLICY    RULE      ACTION  WHY\n"
             "baseline  no-cross  deny    less specific: names only the VM, winner names the "
             "program\n");
+}
+
+TEST_F(FakeControllerTest, AuditPrintsEveryColumnAndSendsTheFilter) {
+  Result r =
+      RunAgainstFake({"audit", "--vm", "web", "--host", "web-1", "--since", "2024-05-01T12:00:00Z",
+                      "--verdict", "deny", "--kind", "unix-connect", "--limit", "5"});
+  EXPECT_EQ(r.exit_code, kExitOk) << r.err;
+  EXPECT_EQ(r.out,
+            "TIME                  HOST   VM   PID   PROGRAM        KIND          OBJECT           "
+            "VERDICT  ENFORCED  RULE           VERSION  LATENCY\n"
+            "2024-05-01T12:00:00Z  web-1  web  4242  /usr/bin/psql  unix-connect  db:/run/db.sock  "
+            "deny     yes       webapp/ask-db  7        35us\n"
+            "(more records: narrow the query with --since or raise --limit)\n");
+  const v1::QueryAuditRequest& q = audit_.last_query;
+  EXPECT_EQ(q.filter().vm(), "web");
+  EXPECT_EQ(q.filter().host_id(), "web-1");
+  EXPECT_EQ(q.filter().since().seconds(), 1714564800);
+  EXPECT_EQ(q.filter().verdict(), v1::VERDICT_DENY);
+  EXPECT_EQ(q.filter().kind(), v1::UNIX_CONNECT);
+  EXPECT_EQ(q.limit(), 5u);
+
+  Result json = RunAgainstFake({"audit", "-o", "json"});
+  EXPECT_EQ(json.exit_code, kExitOk) << json.err;
+  EXPECT_THAT(json.out, HasSubstr("\"nextPageToken\": \"more\""));
+  EXPECT_EQ(audit_.last_query.limit(), 100u);
+}
+
+TEST_F(FakeControllerTest, FollowPrintsUntilInterruptedThenExitsZero) {
+  std::thread interrupter([this] {
+    // The handler is installed before the call starts, so once the server has sent a record
+    // Ctrl-C is caught.
+    if (audit_.follow_sent.WaitForNotificationWithTimeout(absl::Seconds(30))) raise(SIGINT);
+  });
+  Result r = RunAgainstFake({"audit", "--follow"});
+  interrupter.join();
+  EXPECT_EQ(r.exit_code, kExitOk) << r.err;
+  EXPECT_THAT(r.err, IsEmpty());
+  EXPECT_THAT(r.out, StartsWith("TIME  HOST  VM  PID  PROGRAM  KIND  OBJECT  VERDICT  ENFORCED  "
+                                "RULE  VERSION  LATENCY\n"));
+  // After the interrupt SIGINT has its old meaning again.
+  struct sigaction current {};
+  ASSERT_EQ(sigaction(SIGINT, nullptr, &current), 0);
+  EXPECT_EQ(current.sa_handler, SIG_DFL);
+}
+
+TEST_F(FakeControllerTest, AnswerSetSendsTheAnswer) {
+  Result r = RunAgainstFake({"answer", "set", "--vm", "web", "--kind", "unix-connect", "--object",
+                             "/run/*", "--object-vm", "db", "--verdict", "allow", "--ttl", "2m",
+                             "--expires", "2030-01-01T00:00:00Z", "--note", "INC-1"});
+  EXPECT_EQ(r.exit_code, kExitOk) << r.err;
+  EXPECT_EQ(r.out,
+            "added answer ans-1: web unix-connect db:/run/* -> allow (ttl 2m, expires "
+            "2030-01-01T00:00:00Z)\n");
+  const v1::StandingAnswer& a = answers_.last_put.answer();
+  EXPECT_EQ(a.id(), "");
+  EXPECT_EQ(a.subject_vm(), "web");
+  EXPECT_EQ(a.kind(), v1::UNIX_CONNECT);
+  EXPECT_EQ(a.object_vm(), "db");
+  EXPECT_EQ(a.object(), "/run/*");
+  EXPECT_EQ(a.verdict(), v1::VERDICT_ALLOW);
+  EXPECT_EQ(a.ttl().seconds(), 120);
+  EXPECT_EQ(a.expires().seconds(), 1893456000);
+  EXPECT_EQ(a.note(), "INC-1");
+
+  Result redirect = RunAgainstFake({"answer", "set", "--vm", "web", "--kind", "signal", "--object",
+                                    "1", "--verdict", "redirect"});
+  EXPECT_EQ(redirect.exit_code, kExitFailure);
+  ExpectOneErrorLine(redirect);
+  EXPECT_THAT(redirect.err, HasSubstr("answer set: --verdict must be allow or deny"));
+  EXPECT_EQ(answers_.last_put.answer().kind(), v1::UNIX_CONNECT);  // Nothing was sent.
+}
+
+TEST_F(FakeControllerTest, AnswerListAndRemove) {
+  Result ls = RunAgainstFake({"answer", "ls"});
+  EXPECT_EQ(ls.exit_code, kExitOk) << ls.err;
+  EXPECT_EQ(ls.out,
+            "ID     VM   KIND          OBJECT    VERDICT  TTL  EXPIRES  AUTHOR  CREATED          "
+            "     NOTE\n"
+            "ans-1  web  unix-connect  *:/run/*  allow    2m   never    admin   "
+            "2024-05-01T12:00:00Z  INC-1\n");
+  Result json = RunAgainstFake({"answer", "ls", "-o", "json"});
+  EXPECT_THAT(json.out, HasSubstr("\"verdict\": \"VERDICT_ALLOW\""));
+  Result rm = RunAgainstFake({"answer", "rm", "ans-1"});
+  EXPECT_EQ(rm.exit_code, kExitOk) << rm.err;
+  EXPECT_EQ(rm.out, "removed answer ans-1\n");
+  Result missing = RunAgainstFake({"answer", "rm", "nope"});
+  EXPECT_EQ(missing.exit_code, kExitFailure);
+  ExpectOneErrorLine(missing);
+  EXPECT_THAT(missing.err, HasSubstr("answer rm: NOT_FOUND: standing answer \"nope\" not found"));
 }
 
 TEST_F(FakeControllerTest, UnimplementedServiceIsAOneLineFailure) {

@@ -90,6 +90,11 @@ std::string FormatTimestamp(const google::protobuf::Timestamp& ts) {
                           absl::UTCTimeZone());
 }
 
+std::string FormatDuration(const google::protobuf::Duration& d) {
+  const absl::Duration value = absl::Seconds(d.seconds()) + absl::Nanoseconds(d.nanos());
+  return absl::FormatDuration(absl::Trunc(value, absl::Microseconds(1)));
+}
+
 std::string OneLine(absl::string_view text) {
   std::vector<absl::string_view> lines;
   for (absl::string_view line : absl::StrSplit(text, absl::ByAnyChar("\r\n"), absl::SkipEmpty())) {

@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "google/protobuf/duration.pb.h"
 #include "google/protobuf/message.h"
 #include "google/protobuf/timestamp.pb.h"
 
@@ -40,6 +41,9 @@ absl::StatusOr<std::string> ToJson(const google::protobuf::Message& message, boo
 
 // "2024-05-01T12:00:00Z" (UTC, seconds); "-" when unset.
 std::string FormatTimestamp(const google::protobuf::Timestamp& ts);
+
+// A duration for people, to the microsecond: "35us", "1.234ms", "2m30s"; "0" when zero.
+std::string FormatDuration(const google::protobuf::Duration& d);
 
 // Collapses newlines (and the blanks around them) to "; " so a message fits on one line.
 std::string OneLine(absl::string_view text);

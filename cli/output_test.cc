@@ -89,6 +89,18 @@ TEST(FormatTimestampTest, UtcSecondsOrDash) {
   EXPECT_EQ(FormatTimestamp(ts), "2024-05-01T12:00:00Z");
 }
 
+TEST(FormatDurationTest, ToTheMicrosecond) {
+  google::protobuf::Duration d;
+  EXPECT_EQ(FormatDuration(d), "0");
+  d.set_nanos(35'400);
+  EXPECT_EQ(FormatDuration(d), "35us");
+  d.set_nanos(1'234'567);
+  EXPECT_EQ(FormatDuration(d), "1.234ms");
+  d.set_seconds(150);
+  d.set_nanos(0);
+  EXPECT_EQ(FormatDuration(d), "2m30s");
+}
+
 TEST(OneLineTest, JoinsLines) {
   EXPECT_EQ(OneLine("a.yaml:1:1: name: bad\n  a.yaml:2:3: kind: worse\n"),
             "a.yaml:1:1: name: bad; a.yaml:2:3: kind: worse");

@@ -553,6 +553,7 @@ v1::Decision CompiledPolicy::ToProto(const Verdict& verdict) const {
 
 uint64_t CompiledPolicy::version() const { return index_->version; }
 size_t CompiledPolicy::rule_count() const { return index_->rules.size(); }
+const std::vector<CompiledRule>& CompiledPolicy::rules() const { return index_->rules; }
 bool CompiledPolicy::uses_programs() const { return index_->uses_programs; }
 bool CompiledPolicy::uses_uids() const { return index_->uses_uids; }
 

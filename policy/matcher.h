@@ -118,6 +118,9 @@ class CompiledPolicy {
 
   uint64_t version() const;
   size_t rule_count() const;
+  // Every compiled rule (in no particular order), e.g. for the agent's ask cache, which drops
+  // the answers of rules that changed or vanished. Valid as long as this CompiledPolicy.
+  const std::vector<CompiledRule>& rules() const;
 
   // True if some rule names a program (subject.program). When false, Decide()
   // never looks at InteractionView::program, so a caller may skip finding it out (the agent's

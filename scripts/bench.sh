@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# The `make bench` run (issue 3 point 8). Builds nothing (the Makefile builds first). Runs:
+# The `make bench` run (issue 3 point 8, issue 4 point 9). Builds nothing (the Makefile builds
+# first). Runs:
 #  1. the policy matcher benchmark (bench/matcher_bench.cc), briefly;
-#  2. the syscall benchmark (bench/syscall_bench.c) bare on the host and under `shuttlectl run`
+#  2. the fleet benchmark (bench/fleet_sim.cc) for 100 and 1,000 simulated agents: policy
+#     convergence against a real shuttle-controller it starts and stops itself, and Authorize
+#     throughput against a plain gRPC echo service (needs no root);
+#  3. the syscall benchmark (bench/syscall_bench.c) bare on the host and under `shuttlectl run`
 #     in a VM, interleaved (bare, vm, bare, vm, ...) so that the machine's noise hits both, then
 #     a table of ns/op, the vm/bare ratios and the issue's targets with PASS/MISS.
 # For (2) it starts its own shuttle-agent (root) on a temporary directory with metrics on port 0,
@@ -16,6 +20,10 @@
 #   BENCH_ROUNDS=11    bare+vm pairs
 #   BENCH_POLICY=FILE  policy for the agent (--policy-file); default none (built-in defaults)
 #   BENCH_MATCHER=0    skip the matcher benchmark
+#   BENCH_FLEET=0      skip the fleet benchmark
+#   BENCH_FLEET_AGENTS="100 1000"  agent counts, one fleet run each
+#   BENCH_FLEET_ROUNDS=5           policy changes timed per run
+#   BENCH_FLEET_DURATION=5s        length of each Authorize/echo run
 set -euo pipefail
 
 BUILD_DIR=${1:-build}
@@ -31,10 +39,13 @@ RUN_TIMEOUT=120  # seconds for one run of the syscall benchmark; a run takes a f
 
 MATCHER="$BUILD_DIR/bench/shuttle_bench_matcher"
 SYSCALL="$BUILD_DIR/bench/shuttle_bench_syscall"
+FLOOR="$BUILD_DIR/bench/shuttle_bench_notify_floor"
+FLEET="$BUILD_DIR/bench/shuttle_bench_fleet"
 AGENT="$BUILD_DIR/agent/main/shuttle-agent"
 CTL="$BUILD_DIR/cli/shuttlectl"
-for bin in "$MATCHER" "$SYSCALL" "$AGENT" "$CTL" "$BUILD_DIR/driver-shim/linux/shuttle-launch" \
-  "$BUILD_DIR/driver-shim/linux/shuttle-vm-init"; do
+CONTROLLER="$BUILD_DIR/controller/main/shuttle-controller"
+for bin in "$MATCHER" "$SYSCALL" "$FLOOR" "$FLEET" "$AGENT" "$CTL" "$CONTROLLER" \
+  "$BUILD_DIR/driver-shim/linux/shuttle-launch" "$BUILD_DIR/driver-shim/linux/shuttle-vm-init"; do
   [ -x "$bin" ] || { echo "bench: $bin is not built (run: make build)" >&2; exit 1; }
 done
 for n in "$N" "$REPS" "$ROUNDS"; do
@@ -59,8 +70,30 @@ if [ "${BENCH_MATCHER:-1}" != 0 ]; then
   timeout 300 "$MATCHER" --benchmark_min_time=0.2 --benchmark_counters_tabular=true
 fi
 
+# The fleet benchmark stops its own controller whatever happens (and bounds every wait); the
+# outer timeout is only a last resort. A failure to run is remembered, and reported at the end.
+FLEET_FAILED=""
+if [ "${BENCH_FLEET:-1}" != 0 ]; then
+  for agents in ${BENCH_FLEET_AGENTS:-100 1000}; do
+    [[ "$agents" =~ ^[1-9][0-9]*$ ]] ||
+      { echo "bench: BENCH_FLEET_AGENTS must be positive numbers, not '$agents'" >&2; exit 1; }
+  done
+  for agents in ${BENCH_FLEET_AGENTS:-100 1000}; do
+    section "Fleet: $agents agents, policy apply -> ACK; Authorize vs echo throughput"
+    timeout 1200 "$FLEET" --controller "$CONTROLLER" --agents "$agents" \
+      --rounds "${BENCH_FLEET_ROUNDS:-5}" --duration "${BENCH_FLEET_DURATION:-5s}" ||
+      FLEET_FAILED="$FLEET_FAILED $agents"
+  done
+fi
+report_fleet() {
+  [ -z "$FLEET_FAILED" ] && return 0
+  echo "bench: the fleet benchmark failed to run for N =$FLEET_FAILED (see above)" >&2
+  return 1
+}
+
 section "Syscalls: bare on the host vs under 'shuttlectl run' in a VM"
 if [ "$(id -u)" != 0 ]; then
+  report_fleet || true
   echo "bench: the VM half needs root (the agent makes namespaces and seccomp listeners)" >&2
   exit 1
 fi
@@ -191,3 +224,9 @@ awk -v decided="$decided" -v timed="$timed" '
   }' "$WORK/results"
 printf 'vm/bare: median over the %d rounds of the per-round ratio; fastest: the same from the\n' "$ROUNDS"
 printf 'fastest repetitions. The targets are issue 3 point 8'"'"'s; a MISS is reported, not failed.\n'
+
+# What any seccomp user-notify supervisor costs on this machine: the same connect() loop with a
+# supervisor process that only answers CONTINUE. Shuttle's connect ratio can't go below it.
+printf '\nfloor: a do-nothing user-notify supervisor in another process (bench/notify_floor.c)\n'
+timeout 300 "$FLOOR" -r "$ROUNDS" "$N"
+report_fleet

@@ -7,6 +7,7 @@
 namespace shuttle::agent::testing {
 
 FakeController::FakeController() {
+  authorize_response_.mutable_decision()->set_verdict(v1::VERDICT_ALLOW);
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
@@ -63,6 +64,50 @@ std::optional<v1::StreamRequest> FakeController::Next(absl::Duration timeout, bo
 int FakeController::sessions() const {
   absl::MutexLock lock(&mu_);
   return sessions_;
+}
+
+void FakeController::SetAuthorizeAnswer(v1::AuthorizeResponse response, grpc::Status status) {
+  absl::MutexLock lock(&mu_);
+  authorize_response_ = std::move(response);
+  authorize_status_ = std::move(status);
+}
+
+void FakeController::HoldAuthorize() {
+  absl::MutexLock lock(&mu_);
+  authorize_held_ = true;
+}
+
+void FakeController::ReleaseAuthorize() {
+  absl::MutexLock lock(&mu_);
+  authorize_held_ = false;
+}
+
+std::vector<v1::AuthorizeRequest> FakeController::authorize_requests() const {
+  absl::MutexLock lock(&mu_);
+  return authorize_requests_;
+}
+
+bool FakeController::WaitForAuthorize(size_t n, absl::Duration timeout) const {
+  absl::MutexLock lock(&mu_);
+  auto arrived = [this, n]()
+                     ABSL_SHARED_LOCKS_REQUIRED(mu_) { return authorize_requests_.size() >= n; };
+  return mu_.AwaitWithTimeout(absl::Condition(&arrived), timeout);
+}
+
+grpc::Status FakeController::Authorize(grpc::ServerContext* ctx,
+                                       const v1::AuthorizeRequest* request,
+                                       v1::AuthorizeResponse* response) {
+  absl::MutexLock lock(&mu_);
+  authorize_requests_.push_back(*request);
+  auto released = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return !authorize_held_ || shutting_down_;
+  };
+  // A held call waits for the release or the caller's deadline (then the caller has given up).
+  if (!mu_.AwaitWithDeadline(absl::Condition(&released), absl::FromChrono(ctx->deadline()))) {
+    return grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "held by the test");
+  }
+  *response = authorize_response_;
+  return authorize_status_;
 }
 
 grpc::Status FakeController::Enroll(grpc::ServerContext* ctx, const v1::EnrollRequest* request,

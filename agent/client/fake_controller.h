@@ -1,7 +1,8 @@
-// Test-only: an in-process AgentService that implements just Enroll and PolicyStream, so the
-// agent's client can be driven message by message. Requests land in an inbox the test waits on
-// (absl::Mutex::AwaitWithTimeout, no sleeps); responses go out from an outbox the handler
-// writes. One stream at a time.
+// Test-only: an in-process AgentService that implements Enroll, PolicyStream and Authorize, so
+// the agent's client can be driven message by message. Requests land in an inbox the test waits
+// on (absl::Mutex::AwaitWithTimeout, no sleeps); responses go out from an outbox the handler
+// writes. One stream at a time. Authorize answers with what the test set, optionally held back
+// until released or until the caller's deadline (to test timeouts without sleeping).
 #ifndef SHUTTLE_AGENT_CLIENT_FAKE_CONTROLLER_H_
 #define SHUTTLE_AGENT_CLIENT_FAKE_CONTROLLER_H_
 
@@ -10,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <grpcpp/grpcpp.h>
 
@@ -46,11 +48,24 @@ class FakeController final : public v1::AgentService::Service {
   // Streams opened so far.
   int sessions() const;
 
+  // Authorize answers `response` with status `status` (default: OK, an allow without ttl).
+  void SetAuthorizeAnswer(v1::AuthorizeResponse response, grpc::Status status = grpc::Status::OK);
+  // While held, Authorize calls wait (until ReleaseAuthorize() or their deadline, when the
+  // caller gets DEADLINE_EXCEEDED) before answering.
+  void HoldAuthorize();
+  void ReleaseAuthorize();
+  // Authorize requests received so far, in order.
+  std::vector<v1::AuthorizeRequest> authorize_requests() const;
+  // Waits until `n` Authorize requests have arrived (held ones included); false on timeout.
+  bool WaitForAuthorize(size_t n, absl::Duration timeout) const;
+
   grpc::Status Enroll(grpc::ServerContext* ctx, const v1::EnrollRequest* request,
                       v1::EnrollResponse* response) override;
   grpc::Status PolicyStream(
       grpc::ServerContext* ctx,
       grpc::ServerReaderWriter<v1::StreamResponse, v1::StreamRequest>* stream) override;
+  grpc::Status Authorize(grpc::ServerContext* ctx, const v1::AuthorizeRequest* request,
+                         v1::AuthorizeResponse* response) override;
 
  private:
   struct Received {
@@ -69,6 +84,10 @@ class FakeController final : public v1::AgentService::Service {
   bool end_ ABSL_GUARDED_BY(mu_) = false;
   int sessions_ ABSL_GUARDED_BY(mu_) = 0;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
+  v1::AuthorizeResponse authorize_response_ ABSL_GUARDED_BY(mu_);
+  grpc::Status authorize_status_ ABSL_GUARDED_BY(mu_);
+  bool authorize_held_ ABSL_GUARDED_BY(mu_) = false;
+  std::vector<v1::AuthorizeRequest> authorize_requests_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace shuttle::agent::testing

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -9,12 +10,29 @@
 #include <cstring>
 #include <string>
 
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/util/time_util.h"
 #include "policy/parser.h"
 
 namespace shuttle::agent {
 namespace {
 
 constexpr std::string_view kHost = "host";
+
+// Indexed by PolicyDecider::FailReason.
+constexpr const char* kFailReasonNames[] = {"timeout", "unavailable", "no_controller",
+                                            "error",   "overload",    "not_deferrable"};
+
+// Deadline of an Authorize whose rule has none (the parser always fills one in).
+constexpr absl::Duration kDefaultAskTimeout = absl::Milliseconds(500);
+
+prometheus::Counter& AskCacheCounter(prometheus::Registry& metrics, const char* result) {
+  return prometheus::BuildCounter()
+      .Name("shuttle_agent_ask_cache_total")
+      .Help("Lookups of the ask cache, by result (hit, miss, expired)")
+      .Register(metrics)
+      .Add({{"result", result}});
+}
 
 // Reads /proc/PID/exe into `buf` (no allocation); empty view if the process is gone.
 // The effective uid of `pid` from /proc/PID/status ("Uid: real effective saved fs"); the
@@ -45,7 +63,61 @@ std::string_view ReadExe(pid_t pid, char* buf, size_t size) {
   return std::string_view(buf, static_cast<size_t>(n));
 }
 
+// The audited interaction of a decision made in Decide(). The program and uid are filled in
+// only if the policy already needed them; AuditDecision() reads what is missing.
+v1::Interaction AuditedInteraction(const intercept::InterceptedCall& call,
+                                   const policy::InteractionView& view,
+                                   const policy::Verdict& verdict, bool uid_known) {
+  v1::Interaction out;
+  out.set_subject_vm(std::string(view.subject_vm));
+  out.set_pid(static_cast<uint32_t>(call.pid));
+  out.set_kind(view.kind);
+  out.set_object_name(std::string(view.object_name));
+  // Where the call goes: what the interception knows, else what the deciding rule placed it
+  // in (the matcher computed the scope the same way).
+  std::string_view object_vm = view.object_vm;
+  if (verdict.rule != nullptr && verdict.rule->action == v1::REDIRECT) {
+    object_vm = verdict.rule->rule->redirect().vm();
+  } else if (object_vm.empty() && verdict.rule != nullptr) {
+    object_vm = verdict.rule->object_vm;
+  }
+  out.set_object_vm(std::string(object_vm));
+  if (!view.program.empty()) {
+    out.set_program(std::string(view.program));
+    out.set_uid(uid_known ? view.uid : ReadEffectiveUid(call.pid));
+  }
+  return out;
+}
+
+// Puts the controller's answer into the decision the matcher made for the ask rule; `how`
+// says where the answer came from, for the audit record.
+void ApplyAnswer(const AskAnswer& asked, std::string_view how, v1::Decision* decision) {
+  decision->set_verdict(asked.verdict);
+  if (asked.verdict == v1::VERDICT_REDIRECT) {
+    *decision->mutable_redirect() = asked.redirect;
+  } else {
+    decision->clear_redirect();
+  }
+  std::string reason = decision->reason();
+  absl::StrAppend(&reason, "; ", absl::string_view(how.data(), how.size()));
+  if (!asked.reason.empty()) absl::StrAppend(&reason, ": ", asked.reason);
+  decision->set_reason(std::move(reason));
+}
+
 }  // namespace
+
+// One intercepted call waiting for an Authorize: what is needed to answer, count and audit it
+// once the outcome is known, copied out of the loop's scratch state.
+struct PolicyDecider::PendingAsk {
+  v1::InteractionKind kind = v1::INTERACTION_KIND_UNSPECIFIED;
+  v1::Scope scope = v1::SCOPE_UNSPECIFIED;
+  bool enforced = true;
+  v1::Verdict fail_verdict = v1::VERDICT_DENY;  // The rule's fail mode's.
+  intercept::PendingReplyPtr reply;             // Null: the call did not wait (monitor).
+  v1::Interaction interaction;  // Program and uid filled in (the pid may be gone later).
+  v1::Decision decision;        // The matcher's, for the ask rule.
+  Steady::time_point start;
+};
 
 int DenyErrno(v1::InteractionKind kind) {
   switch (kind) {
@@ -69,22 +141,47 @@ PolicyDecider::PolicyDecider(const PolicyHolder& holder, prometheus::Registry& m
               .Register(metrics)
               .Add({}, prometheus::Histogram::BucketBoundaries{1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6,
                                                                5e-6, 1e-5, 2.5e-5, 1e-4, 1e-3})),
-      fail_mode_(prometheus::BuildCounter()
-                     .Name("shuttle_agent_fail_mode_decisions_total")
-                     .Help("ask decisions made by the rule's fail mode (controller not asked)")
-                     .Register(metrics)
-                     .Add({})) {}
+      ask_duration_(
+          prometheus::BuildHistogram()
+              .Name("shuttle_agent_ask_duration_seconds")
+              .Help("Time from sending Authorize to its answer or error")
+              .Register(metrics)
+              .Add({}, prometheus::Histogram::BucketBoundaries{0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                                               0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                                                               5})),
+      ask_hits_(AskCacheCounter(metrics, "hit")),
+      ask_misses_(AskCacheCounter(metrics, "miss")),
+      ask_expired_(AskCacheCounter(metrics, "expired")),
+      ask_inflight_(prometheus::BuildGauge()
+                        .Name("shuttle_agent_ask_inflight")
+                        .Help("Authorize calls to the controller in flight")
+                        .Register(metrics)
+                        .Add({})) {
+  auto& fail_mode = prometheus::BuildCounter()
+                        .Name("shuttle_agent_fail_mode_decisions_total")
+                        .Help(
+                            "ask decisions made by the rule's fail mode, by why the "
+                            "controller's answer was missing")
+                        .Register(metrics);
+  for (size_t i = 0; i < fail_mode_.size(); ++i) {
+    fail_mode_[i] = &fail_mode.Add({{"reason", kFailReasonNames[i]}});
+  }
+}
 
 prometheus::Counter& PolicyDecider::DecisionCounter(v1::InteractionKind kind, v1::Scope scope,
                                                     v1::Verdict verdict) {
   size_t index = (static_cast<size_t>(kind) * kScopes + scope) * kVerdicts + verdict;
-  prometheus::Counter*& slot = counters_[index];
-  if (slot == nullptr) {
-    slot = &decisions_.Add({{"kind", std::string(policy::KindName(kind))},
-                            {"scope", std::string(policy::ScopeName(scope))},
-                            {"verdict", std::string(policy::VerdictName(verdict))}});
+  std::atomic<prometheus::Counter*>& slot = counters_[index];
+  prometheus::Counter* counter = slot.load(std::memory_order_acquire);
+  if (counter == nullptr) {
+    // Family::Add is thread-safe and returns the same counter for the same labels, so two
+    // threads racing here store the same pointer.
+    counter = &decisions_.Add({{"kind", std::string(policy::KindName(kind))},
+                               {"scope", std::string(policy::ScopeName(scope))},
+                               {"verdict", std::string(policy::VerdictName(verdict))}});
+    slot.store(counter, std::memory_order_release);
   }
-  return *slot;
+  return *counter;
 }
 
 intercept::Answer PolicyDecider::Decide(const intercept::InterceptedCall& call) {
@@ -101,17 +198,196 @@ intercept::Answer PolicyDecider::Decide(const intercept::InterceptedCall& call) 
   if (compiled->uses_programs()) view.program = ReadExe(call.pid, exe, sizeof(exe));
   if (compiled->uses_uids()) view.uid = ReadEffectiveUid(call.pid);
   policy::Verdict verdict = compiled->Decide(view);
+  if (verdict.NeedsAsk()) return DecideAsk(call, compiled, view, verdict, start);
+  return Conclude(call, *compiled, view, verdict, nullptr, start);
+}
 
-  // No controller to ask until issue 4: for an `ask` winner the matcher's verdict is already
-  // what the rule's fail mode decides (closed by default).
-  if (verdict.NeedsAsk()) fail_mode_.Increment();
-  const v1::Verdict effective = verdict.verdict;
+intercept::Answer PolicyDecider::Conclude(const intercept::InterceptedCall& call,
+                                          const policy::CompiledPolicy& compiled,
+                                          const policy::InteractionView& view,
+                                          const policy::Verdict& verdict, const AskAnswer* asked,
+                                          Steady::time_point start) {
+  const v1::Verdict effective = asked != nullptr ? asked->verdict : verdict.verdict;
   DecisionCounter(view.kind, verdict.scope, effective).Increment();
   intercept::Answer answer = (verdict.enforced && effective == v1::VERDICT_DENY)
                                  ? intercept::Answer::Fail(DenyErrno(view.kind))
                                  : intercept::Answer::Continue();
-  latency_.Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  const auto decided = Steady::now();
+  latency_.Observe(std::chrono::duration<double>(decided - start).count());
+  // Cross-VM, vm-host and host-vm decisions are audited; they are rare next to intra-VM calls,
+  // so building the record (and reading /proc for it) here costs little.
+  if (audit_ != nullptr && verdict.scope != v1::INTRA_VM) {
+    v1::Decision decision = compiled.ToProto(verdict);
+    if (asked != nullptr) ApplyAnswer(*asked, "cached", &decision);
+    AuditDecision(AuditedInteraction(call, view, verdict, compiled.uses_uids()),
+                  std::move(decision), absl::Now(), absl::FromChrono(decided - start));
+  }
   return answer;
+}
+
+uint64_t PolicyDecider::Fingerprint(const std::shared_ptr<const policy::CompiledPolicy>& compiled,
+                                    const policy::CompiledRule& rule) {
+  // Rules are keyed by address, so forget them all when the policy changes. owner_before
+  // compares control blocks, which a live weak_ptr keeps from being reused.
+  if (fingerprints_of_.owner_before(compiled) || compiled.owner_before(fingerprints_of_)) {
+    fingerprints_.clear();
+    fingerprints_of_ = compiled;
+  }
+  auto [it, inserted] = fingerprints_.try_emplace(&rule, 0);
+  if (inserted) it->second = AskRuleFingerprint(*rule.policy, *rule.rule);
+  return it->second;
+}
+
+intercept::Answer PolicyDecider::DecideAsk(
+    const intercept::InterceptedCall& call,
+    const std::shared_ptr<const policy::CompiledPolicy>& compiled,
+    const policy::InteractionView& view, const policy::Verdict& verdict, Steady::time_point start) {
+  if (asker_ == nullptr) {
+    fail_mode_[static_cast<size_t>(FailReason::kNoController)]->Increment();
+    return Conclude(call, *compiled, view, verdict, nullptr, start);
+  }
+  const policy::CompiledRule& rule = *verdict.rule;
+  const AskKey key{view.subject_vm,     view.kind,         view.object_name,
+                   rule.policy->name(), rule.rule->name(), Fingerprint(compiled, rule)};
+  AskCache::Found found = cache_->Find(key);
+  switch (found.lookup) {
+    case AskCache::Lookup::kHit:
+      ask_hits_.Increment();
+      return Conclude(call, *compiled, view, verdict, &found.answer, start);
+    case AskCache::Lookup::kMiss:
+      ask_misses_.Increment();
+      break;
+    case AskCache::Lookup::kExpired:
+      ask_expired_.Increment();
+      break;
+  }
+
+  // A miss: rare next to hits, so allocating and reading /proc here is fine.
+  auto ask = std::make_unique<PendingAsk>();
+  ask->kind = view.kind;
+  ask->scope = verdict.scope;
+  ask->enforced = verdict.enforced;
+  ask->fail_verdict = verdict.verdict;
+  ask->start = start;
+  ask->interaction = AuditedInteraction(call, view, verdict, compiled->uses_uids());
+  if (ask->interaction.program().empty()) {
+    char exe[PATH_MAX];
+    ask->interaction.set_program(std::string(ReadExe(call.pid, exe, sizeof(exe))));
+    ask->interaction.set_uid(ReadEffectiveUid(call.pid));
+  }
+  ask->decision = compiled->ToProto(verdict);
+  v1::AuthorizeRequest request;
+  *request.mutable_interaction() = ask->interaction;
+  request.set_policy(rule.policy->name());
+  request.set_rule(rule.rule->name());
+  request.set_policy_version(compiled->version());
+  const v1::AskParams& params = rule.rule->ask();
+  absl::Duration timeout =
+      absl::Seconds(params.timeout().seconds()) + absl::Nanoseconds(params.timeout().nanos());
+  if (timeout <= absl::ZeroDuration()) timeout = kDefaultAskTimeout;
+  const AskLimits limits = AskLimits::FromParams(params);
+
+  if (verdict.enforced) {
+    ask->reply = call.Defer();
+    if (ask->reply == nullptr) {
+      // The caller can't wait: the fail mode decides now, and the ask still goes out (unless
+      // one is in flight already) so that the answer is cached for the next call.
+      AskCache::JoinResult joined = cache_->Join(key, limits, [](const AskOutcome&) {});
+      if (joined.joined == AskCache::Joined::kStart) {
+        SendAuthorize(std::move(joined.flight), std::move(request), timeout);
+      }
+      fail_mode_[static_cast<size_t>(FailReason::kNotDeferrable)]->Increment();
+      return Conclude(call, *compiled, view, verdict, nullptr, start);
+    }
+  }
+  // Monitor: the call continues now; the outcome is still counted and audited when it comes.
+  const bool deferred = ask->reply != nullptr;
+  AskCache::JoinResult joined =
+      cache_->Join(key, limits, [this, ask = std::move(ask)](const AskOutcome& outcome) mutable {
+        FinishAsk(std::move(ask), outcome);
+      });
+  if (joined.joined == AskCache::Joined::kStart) {
+    SendAuthorize(std::move(joined.flight), std::move(request), timeout);
+  }
+  latency_.Observe(std::chrono::duration<double>(Steady::now() - start).count());
+  return deferred ? intercept::Answer::Deferred() : intercept::Answer::Continue();
+}
+
+void PolicyDecider::SendAuthorize(AskCache::FlightPtr flight, v1::AuthorizeRequest request,
+                                  absl::Duration timeout) {
+  ask_inflight_.Increment();
+  const Steady::time_point sent = Steady::now();
+  asker_->Authorize(
+      std::move(request), timeout,
+      [this, flight = std::move(flight),
+       sent](absl::StatusOr<v1::AuthorizeResponse> result) mutable {
+        ask_inflight_.Decrement();
+        ask_duration_.Observe(std::chrono::duration<double>(Steady::now() - sent).count());
+        cache_->Complete(flight, std::move(result));
+      });
+}
+
+void PolicyDecider::FinishAsk(std::unique_ptr<PendingAsk> ask, const AskOutcome& outcome) {
+  v1::Verdict verdict = ask->fail_verdict;
+  switch (outcome.source) {
+    case AskOutcome::Source::kController:
+      verdict = outcome.answer.verdict;
+      ApplyAnswer(outcome.answer, "answered by the controller", &ask->decision);
+      break;
+    case AskOutcome::Source::kCache:
+      verdict = outcome.answer.verdict;
+      ApplyAnswer(outcome.answer, outcome.error.ok() ? "cached" : "cached (controller unreachable)",
+                  &ask->decision);
+      break;
+    case AskOutcome::Source::kNone: {
+      FailReason reason = FailReason::kError;
+      switch (outcome.error.code()) {
+        case absl::StatusCode::kDeadlineExceeded:
+          reason = FailReason::kTimeout;
+          break;
+        case absl::StatusCode::kUnavailable:
+          reason = FailReason::kUnavailable;
+          break;
+        case absl::StatusCode::kResourceExhausted:
+          reason = FailReason::kOverload;
+          break;
+        default:
+          break;
+      }
+      fail_mode_[static_cast<size_t>(reason)]->Increment();
+      ask->decision.set_reason(absl::StrCat(ask->decision.reason(), "; fail mode decided (",
+                                            kFailReasonNames[static_cast<size_t>(reason)],
+                                            "): ", outcome.error.message()));
+      break;
+    }
+  }
+  const intercept::Answer answer = (ask->enforced && verdict == v1::VERDICT_DENY)
+                                       ? intercept::Answer::Fail(DenyErrno(ask->kind))
+                                       : intercept::Answer::Continue();
+  if (ask->reply != nullptr) ask->reply->Finish(answer);
+  const auto decided = Steady::now();
+  DecisionCounter(ask->kind, ask->scope, verdict).Increment();
+  AuditDecision(std::move(ask->interaction), std::move(ask->decision), absl::Now(),
+                absl::FromChrono(decided - ask->start));
+}
+
+void PolicyDecider::AuditDecision(v1::Interaction interaction, v1::Decision decision,
+                                  absl::Time decided_at, absl::Duration latency) const {
+  if (audit_ == nullptr || decision.scope() == v1::INTRA_VM) return;
+  if (interaction.program().empty() && interaction.pid() != 0) {
+    const pid_t pid = static_cast<pid_t>(interaction.pid());
+    char exe[PATH_MAX];
+    interaction.set_program(std::string(ReadExe(pid, exe, sizeof(exe))));
+    interaction.set_uid(ReadEffectiveUid(pid));
+  }
+  v1::AuditRecord record;
+  *record.mutable_time() =
+      google::protobuf::util::TimeUtil::NanosecondsToTimestamp(absl::ToUnixNanos(decided_at));
+  *record.mutable_latency() =
+      google::protobuf::util::TimeUtil::NanosecondsToDuration(absl::ToInt64Nanoseconds(latency));
+  *record.mutable_interaction() = std::move(interaction);
+  *record.mutable_decision() = std::move(decision);
+  audit_->Submit(std::move(record));
 }
 
 }  // namespace shuttle::agent

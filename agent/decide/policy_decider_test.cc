@@ -97,7 +97,8 @@ TEST_F(PolicyDeciderTest, AuditOnlyDenyIsCountedButNotEnforced) {
 
 TEST_F(PolicyDeciderTest, AskWithoutControllerUsesFailMode) {
   EXPECT_EQ(Decide("web", v1::UNIX_CONNECT, "/run/db.sock").error, EACCES);
-  EXPECT_NE(Scrape().find("shuttle_agent_fail_mode_decisions_total 1"), std::string::npos)
+  EXPECT_NE(Scrape().find("shuttle_agent_fail_mode_decisions_total{reason=\"no_controller\"} 1"),
+            std::string::npos)
       << Scrape();
 }
 

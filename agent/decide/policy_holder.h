@@ -5,6 +5,7 @@
 #define SHUTTLE_AGENT_DECIDE_POLICY_HOLDER_H_
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -19,13 +20,23 @@ class PolicyHolder {
   // Starts with an empty policy (version 0): intra-VM allowed, everything else denied.
   PolicyHolder();
 
+  using Observer = std::function<void(const std::shared_ptr<const policy::CompiledPolicy>&)>;
+
   std::shared_ptr<const policy::CompiledPolicy> Get() const { return current_.load(); }
+  // Swaps in `compiled`, then tells the observer (on this thread).
   void Set(std::shared_ptr<const policy::CompiledPolicy> compiled) {
-    current_.store(std::move(compiled));
+    current_.store(compiled);
+    if (observer_) observer_(compiled);
   }
+
+  // Called after every Set() with the new snapshot, on the setter's thread (e.g. the ask cache
+  // dropping the answers of rules that changed). Set it once, before any Set() can run
+  // concurrently; the observer must be thread-safe and must not call Set().
+  void SetObserver(Observer observer) { observer_ = std::move(observer); }
 
  private:
   std::atomic<std::shared_ptr<const policy::CompiledPolicy>> current_;
+  Observer observer_;
 };
 
 // Reads one YAML policy file (same format as the controller's) and compiles the part that

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 
+#include <atomic>
 #include <cstring>
 
 namespace shuttle::agent::intercept {
@@ -120,23 +121,79 @@ Answer RecordingDecider::Decide(const InterceptedCall& call) {
   return Answer::Continue();
 }
 
-namespace {
-
-class FakeScope final : public NotificationScope {
+// Records the answer of one deferred notification in the source's shared table.
+class FakeInterceptionSource::FakeReply final : public PendingReply {
  public:
-  explicit FakeScope(bool valid) : valid_(valid) {}
+  FakeReply(std::shared_ptr<Replies> replies, uint64_t id) : replies_(std::move(replies)), id_(id) {
+    absl::MutexLock lock(&replies_->mu);
+    ++replies_->pending;
+  }
+  ~FakeReply() override {
+    if (!finished_.exchange(true)) Record(Answer::Fail(EPERM), true);
+  }
+  void Finish(Answer answer) override {
+    if (finished_.exchange(true)) return;
+    Record(answer.is_deferred() ? Answer::Fail(EPERM) : answer, false);
+  }
+
+ private:
+  void Record(Answer answer, bool abandoned) {
+    absl::MutexLock lock(&replies_->mu);
+    --replies_->pending;
+    replies_->answered[id_] = Reply{answer, abandoned};
+  }
+
+  const std::shared_ptr<Replies> replies_;
+  const uint64_t id_;
+  std::atomic<bool> finished_{false};
+};
+
+class FakeInterceptionSource::FakeScope final : public NotificationScope {
+ public:
+  FakeScope(bool valid, bool deferral, std::shared_ptr<Replies> replies, uint64_t id)
+      : valid_(valid), deferral_(deferral), replies_(std::move(replies)), id_(id) {}
   bool StillValid() override {
     ++checks_;
     return valid_;
   }
+  PendingReplyPtr Defer() override {
+    if (!deferral_ || deferred_) return nullptr;
+    deferred_ = true;
+    return std::make_unique<FakeReply>(replies_, id_);
+  }
   int checks() const { return checks_; }
+  bool deferred() const { return deferred_; }
 
  private:
   bool valid_;
+  bool deferral_;
+  std::shared_ptr<Replies> replies_;
+  uint64_t id_;
   int checks_ = 0;
+  bool deferred_ = false;
 };
 
-}  // namespace
+FakeInterceptionSource::FakeInterceptionSource() : replies_(std::make_shared<Replies>()) {}
+
+void FakeInterceptionSource::set_deferral(bool supported) {
+  absl::MutexLock lock(&mu_);
+  deferral_ = supported;
+}
+
+std::optional<FakeInterceptionSource::Reply> FakeInterceptionSource::WaitForReply(
+    uint64_t id, absl::Duration timeout) const {
+  absl::MutexLock lock(&replies_->mu);
+  auto answered = [this, id]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(replies_->mu) {
+    return replies_->answered.count(id) > 0;
+  };
+  if (!replies_->mu.AwaitWithTimeout(absl::Condition(&answered), timeout)) return std::nullopt;
+  return replies_->answered.at(id);
+}
+
+size_t FakeInterceptionSource::pending_replies() const {
+  absl::MutexLock lock(&replies_->mu);
+  return replies_->pending;
+}
 
 void FakeInterceptionSource::Inject(const SyscallEvent& event, std::string channel_vm,
                                     bool still_valid) {
@@ -146,11 +203,17 @@ void FakeInterceptionSource::Inject(const SyscallEvent& event, std::string chann
 
 FakeInterceptionSource::Handled FakeInterceptionSource::HandleOne(NotificationHandler& handler,
                                                                   const Pending& pending) {
-  FakeScope scope(pending.still_valid);
+  bool deferral;
+  {
+    absl::MutexLock lock(&mu_);
+    deferral = deferral_;
+  }
+  FakeScope scope(pending.still_valid, deferral, replies_, pending.event.id);
   Handled h;
   h.event = pending.event;
   h.response = handler.Handle(pending.event, pending.vm, scope);
   h.validity_checks = scope.checks();
+  h.deferred = scope.deferred();
   return h;
 }
 

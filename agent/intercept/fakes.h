@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -109,14 +110,31 @@ class RecordingDecider final : public Decider {
 // An InterceptionSource fed by the test. Inject() queues a notification; Drain() handles the
 // queue on the calling thread; Run() does the same on a loop thread until Stop(). Each
 // notification's NotificationScope answers StillValid() with the `still_valid` it was injected
-// with. Thread-safe.
+// with, and offers Defer() unless set_deferral(false): a deferred notification's answer is
+// whatever its reply is finished with, from any thread (EPERM if the reply is dropped
+// unfinished, as the real backend does); WaitForReply() waits for it. Thread-safe.
 class FakeInterceptionSource final : public InterceptionSource {
  public:
   struct Handled {
     SyscallEvent event;
     Response response;
     int validity_checks = 0;  // How often the handler asked StillValid().
+    bool deferred = false;    // The handler took a PendingReply (see WaitForReply()).
   };
+  // How a deferred notification was answered.
+  struct Reply {
+    Answer answer;
+    bool abandoned = false;  // The reply was destroyed unfinished (answer: EPERM).
+  };
+
+  FakeInterceptionSource();
+
+  // Whether scopes offer Defer() (a backend that can't defer returns null). Default true.
+  void set_deferral(bool supported);
+  // Waits until the deferred notification `id` is answered; nullopt after `timeout`.
+  std::optional<Reply> WaitForReply(uint64_t id, absl::Duration timeout) const;
+  // Deferred notifications whose reply is not finished yet.
+  size_t pending_replies() const;
 
   void Inject(const SyscallEvent& event, std::string channel_vm, bool still_valid = true);
   std::vector<Handled> Drain(NotificationHandler& handler);
@@ -135,9 +153,19 @@ class FakeInterceptionSource final : public InterceptionSource {
     std::string vm;
     bool still_valid;
   };
+  // The answers of deferred notifications; shared with the replies, which may outlive us.
+  struct Replies {
+    mutable absl::Mutex mu;
+    std::map<uint64_t, Reply> answered ABSL_GUARDED_BY(mu);
+    size_t pending ABSL_GUARDED_BY(mu) = 0;
+  };
+  class FakeScope;
+  class FakeReply;
   Handled HandleOne(NotificationHandler& handler, const Pending& pending);
 
+  const std::shared_ptr<Replies> replies_;
   mutable absl::Mutex mu_;
+  bool deferral_ ABSL_GUARDED_BY(mu_) = true;
   std::deque<Pending> queue_ ABSL_GUARDED_BY(mu_);
   std::vector<Handled> handled_ ABSL_GUARDED_BY(mu_);
   std::vector<std::pair<UniqueFd, std::string>> channels_ ABSL_GUARDED_BY(mu_);

@@ -116,6 +116,7 @@ InflightJournal::InflightJournal(UniqueFd fd, void* map, size_t map_size, uint32
       leftover_(std::move(leftover)) {
   free_.reserve(slots);
   for (int i = static_cast<int>(slots) - 1; i >= 0; --i) free_.push_back(i);
+  released_next_ = std::make_unique<std::atomic<int32_t>[]>(slots);
 }
 
 InflightJournal::~InflightJournal() { munmap(map_, map_size_); }
@@ -125,7 +126,10 @@ InflightJournal::Slot* InflightJournal::slots() const {
 }
 
 int InflightJournal::Record(uint64_t id) {
-  if (free_.empty()) return -1;
+  if (free_.empty()) {
+    Reclaim();
+    if (free_.empty()) return -1;
+  }
   int slot = free_.back();
   free_.pop_back();
   Slot& s = slots()[slot];
@@ -139,6 +143,26 @@ void InflightJournal::Clear(int slot) {
   if (slot < 0 || static_cast<uint32_t>(slot) >= slot_count_) return;
   std::atomic_ref<uint64_t>(slots()[slot].state).store(0, std::memory_order_release);
   free_.push_back(slot);
+}
+
+void InflightJournal::Release(int slot) {
+  if (slot < 0 || static_cast<uint32_t>(slot) >= slot_count_) return;
+  std::atomic_ref<uint64_t>(slots()[slot].state).store(0, std::memory_order_release);
+  released_count_.fetch_add(1, std::memory_order_relaxed);
+  int32_t head = released_head_.load(std::memory_order_relaxed);
+  do {
+    released_next_[static_cast<size_t>(slot)].store(head, std::memory_order_relaxed);
+  } while (!released_head_.compare_exchange_weak(head, slot, std::memory_order_release,
+                                                 std::memory_order_relaxed));
+}
+
+void InflightJournal::Reclaim() {
+  int32_t slot = released_head_.exchange(-1, std::memory_order_acquire);
+  while (slot >= 0) {
+    free_.push_back(slot);
+    released_count_.fetch_sub(1, std::memory_order_relaxed);
+    slot = released_next_[static_cast<size_t>(slot)].load(std::memory_order_relaxed);
+  }
 }
 
 }  // namespace shuttle::agent::intercept

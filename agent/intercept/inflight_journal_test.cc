@@ -7,7 +7,10 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <set>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "common/status_matchers.h"
 #include "gmock/gmock.h"
@@ -115,6 +118,52 @@ TEST_F(InflightJournalTest, FullJournalReportsMinusOne) {
   (*j)->Clear(-1);  // Harmless.
   (*j)->Clear(a);
   EXPECT_EQ((*j)->Record(4), a);
+}
+
+// Deferred answers free their slot on other threads; the loop reuses those slots once its own
+// run out, and the file shows them free at once.
+TEST_F(InflightJournalTest, SlotsReleasedByOtherThreadsAreReused) {
+  constexpr int kSlots = 64;
+  auto j = InflightJournal::Open(path_, kSlots);
+  ASSERT_THAT(j, IsOk());
+  std::vector<int> slots;
+  for (int i = 0; i < kSlots; ++i) slots.push_back((*j)->Record(1000 + i));
+  EXPECT_EQ((*j)->Record(1), -1);
+  // Four threads release all of them at once.
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = t; i < kSlots; i += 4) (*j)->Release(slots[static_cast<size_t>(i)]);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  EXPECT_EQ((*j)->in_use(), 0u);
+  // A new owner sees nothing in flight: the file says every slot is free.
+  std::set<int> again;
+  for (int i = 0; i < kSlots; ++i) {
+    int slot = (*j)->Record(2000 + i);
+    ASSERT_GE(slot, 0) << i;
+    again.insert(slot);
+  }
+  EXPECT_EQ(again.size(), static_cast<size_t>(kSlots)) << "each slot handed out once";
+  EXPECT_EQ((*j)->Record(3), -1);
+  (*j)->Release(*again.begin());
+  (*j)->Release(-1);  // Harmless.
+  EXPECT_EQ((*j)->in_use(), static_cast<size_t>(kSlots - 1));
+  EXPECT_EQ((*j)->Record(4), *again.begin());
+}
+
+TEST_F(InflightJournalTest, ReleasedSlotIsFreeInTheFile) {
+  {
+    auto j = InflightJournal::Open(path_, 4);
+    ASSERT_THAT(j, IsOk());
+    int a = (*j)->Record(111);
+    (*j)->Record(222);
+    std::thread([&] { (*j)->Release(a); }).join();
+  }
+  auto j = InflightJournal::Open(path_, 4);
+  ASSERT_THAT(j, IsOk());
+  EXPECT_THAT((*j)->leftover(), ElementsAre(222u));
 }
 
 TEST_F(InflightJournalTest, GarbageFileIsIgnoredAndReset) {

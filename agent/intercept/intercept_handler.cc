@@ -1,5 +1,8 @@
 #include "agent/intercept/intercept_handler.h"
 
+#include <linux/audit.h>
+#include <sys/syscall.h>
+
 #include <cstring>
 #include <optional>
 #include <string>
@@ -13,6 +16,15 @@ void Bump(std::atomic<uint64_t>& counter) { counter.fetch_add(1, std::memory_ord
 
 // Log the 1st, 2nd, 4th, 8th... occurrence of an anomaly: visible, but never a flood.
 bool ShouldLog(uint64_t count_after) { return (count_after & (count_after - 1)) == 0; }
+
+// A call whose parts are decided one by one (sendmmsg with several messages). None of its parts
+// may be deferred: the loop would still have to decide the parts after it (and keeping the
+// decoder's state for a later thread would cost the hot path). An `ask` in such a call is
+// decided from the cache or by its rule's fail mode (PolicyDecider).
+bool MultiPart(const SyscallEvent& event) {
+  return event.arch == AUDIT_ARCH_X86_64 && event.nr == SYS_sendmmsg &&
+         static_cast<uint32_t>(event.args[2]) > 1;
+}
 
 }  // namespace
 
@@ -84,8 +96,15 @@ Response InterceptHandler::Handle(const SyscallEvent& event, std::string_view ch
     call.pid = event.pid;
     call.event = &event;
     call.object = &obj;
+    if (!MultiPart(event)) call.deferral = &scope;
     Answer answer = decider_.Decide(call);
     Bump(stats_.decided);
+    if (answer.is_deferred()) {
+      // The backend checks that a reply really took the answer over (and fails the call
+      // closed if the decider returned Deferred() without one).
+      Bump(stats_.deferred);
+      return Response{Response::Kind::kDeferred, 0};
+    }
     if (!answer.is_continue()) {
       Bump(stats_.denied);
       return Response{Response::Kind::kFail, answer.error};

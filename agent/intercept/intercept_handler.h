@@ -1,6 +1,7 @@
 // The notification handler every backend feeds: decode the syscall (SyscallDecoder), check that
 // the caller is still the one we read from (ID_VALID), learn its VM from the kernel
-// (VmResolver), ask the Decider, and turn the answer into a Response. Counts every outcome.
+// (VmResolver), ask the Decider, and turn the answer into a Response (kDeferred when the
+// decider took the answer over with InterceptedCall::Defer()). Counts every outcome.
 // The hot path neither allocates nor locks (the VmResolver is the only outside call that might).
 #ifndef SHUTTLE_AGENT_INTERCEPT_INTERCEPT_HANDLER_H_
 #define SHUTTLE_AGENT_INTERCEPT_INTERCEPT_HANDLER_H_
@@ -21,6 +22,7 @@ struct InterceptStats {
   std::atomic<uint64_t> decided{0};          // Decider calls.
   std::atomic<uint64_t> allowed{0};          // ... answered continue.
   std::atomic<uint64_t> denied{0};           // ... answered with an errno.
+  std::atomic<uint64_t> deferred{0};         // ... answered later by a PendingReply.
   std::atomic<uint64_t> not_interaction{0};  // Continued without a decision.
   std::atomic<uint64_t> malformed{0};        // Failed by the decoder (EFAULT, EINVAL...).
   std::atomic<uint64_t> inspect_errors{0};   // ... of which the agent could not look (EPERM).

@@ -5,7 +5,8 @@
 //  - NotificationHandler: decodes, identifies the subject's VM, decides (InterceptHandler in
 //    intercept_handler.h is the real one);
 //  - Decider: the verdict for one interaction (the agent wires the compiled policy, cache,
-//    metrics and audit to it);
+//    metrics and audit to it); it may also defer the answer (PendingReply) when the verdict
+//    needs the network (an `ask` rule), so the loop never waits for I/O;
 //  - VmResolver: which VM a process is in, as the kernel says (the VM manager implements it).
 #ifndef SHUTTLE_AGENT_INTERCEPT_INTERCEPTION_H_
 #define SHUTTLE_AGENT_INTERCEPT_INTERCEPTION_H_
@@ -36,6 +37,39 @@ class VmResolver {
   virtual std::optional<std::string> VmOfPid(pid_t pid) const = 0;
 };
 
+// A decider's answer: continue the call unchanged, or fail it with an errno; or, when the
+// decider took the answer over with InterceptedCall::Defer(), "deferred".
+struct Answer {
+  // 0: continue; > 0: the errno the call returns; kDeferredError: deferred.
+  int error = 0;
+  static constexpr int kDeferredError = -1;
+  static Answer Continue() { return Answer{}; }
+  static Answer Fail(int error) { return Answer{error}; }
+  // Only after InterceptedCall::Defer() returned a reply: the reply answers the call later.
+  static Answer Deferred() { return Answer{kDeferredError}; }
+  bool is_continue() const { return error == 0; }
+  bool is_deferred() const { return error == kDeferredError; }
+};
+
+// The answer to one notification, given later and from any thread (STYLE.md: the loop never
+// blocks on the network). Obtained from InterceptedCall::Defer(); the backend sends nothing for
+// that notification until Finish(). Implementations keep what they need to answer alive (the
+// channel, the journal slot) for as long as the reply lives, even after the backend stopped or
+// dropped the channel.
+class PendingReply {
+ public:
+  // A reply destroyed without Finish() fails the call with EPERM (fail closed), so no caller
+  // ever hangs on a lost reply. Implementations must do that in their destructor.
+  virtual ~PendingReply() = default;
+  // Answers the call: continue (error 0) or fail with `answer.error` (a positive errno; anything
+  // else fails with EPERM). At most once: later calls are ignored. Thread-safe with respect to
+  // the backend's loop; does one syscall, never waits for anything else.
+  virtual void Finish(Answer answer) = 0;
+};
+using PendingReplyPtr = std::unique_ptr<PendingReply>;
+
+class NotificationScope;
+
 // One interaction to decide.
 struct InterceptedCall {
   // The caller's VM, from VmResolver. Empty when the resolver does not know the process (also
@@ -47,14 +81,16 @@ struct InterceptedCall {
   pid_t pid = 0;  // Calling thread, agent's PID namespace.
   const SyscallEvent* event = nullptr;
   const ObjectInfo* object = nullptr;  // kind, name and family details.
-};
+  // Set by the handler when this call may be answered later; null when it may not: for the
+  // parts of a multi-part call (a sendmmsg with several messages: its later parts would still
+  // need deciding after this one) and for backends that can't defer.
+  NotificationScope* deferral = nullptr;
 
-// A decider's answer: continue the call unchanged, or fail it with an errno.
-struct Answer {
-  int error = 0;  // 0: continue; otherwise the positive errno the call returns.
-  static Answer Continue() { return Answer{}; }
-  static Answer Fail(int error) { return Answer{error}; }
-  bool is_continue() const { return error == 0; }
+  // Takes over the answer to this call: returns the reply to Finish() later (from any thread),
+  // after which Decide() must return Answer::Deferred(). Null if this call can't be deferred;
+  // the decider must then answer now. At most once per call. Copy what the answer needs first:
+  // the views above die when Decide() returns.
+  PendingReplyPtr Defer() const;
 };
 
 class Decider {
@@ -62,8 +98,9 @@ class Decider {
   virtual ~Decider() = default;
   // Called on the loop thread for each interaction (a sendmmsg may bring several, one per
   // distinct destination). The calling thread of the process waits for the answer and the loop
-  // serves no one else meanwhile: return within microseconds, never block on I/O. The views in
-  // `call` are valid only during the call.
+  // serves no one else meanwhile: return within microseconds, never block on I/O. An answer
+  // that needs I/O is deferred: call.Defer(), return Answer::Deferred(), Finish() the reply when
+  // the I/O completes. The views in `call` are valid only during the call.
   virtual Answer Decide(const InterceptedCall& call) = 0;
 };
 
@@ -74,7 +111,15 @@ class NotificationScope {
   // True if the notification is still pending: the caller is alive and still waiting, so what
   // was read from its pid really was its memory (seccomp: SECCOMP_IOCTL_NOTIF_ID_VALID).
   virtual bool StillValid() = 0;
+  // Hands the answer to this notification to the returned reply (see PendingReply); the backend
+  // then sends nothing for it when Handle() returns, whatever Handle() returns. Null if the
+  // backend can't defer (the default). At most once, on the loop thread, inside Handle().
+  virtual PendingReplyPtr Defer() { return nullptr; }
 };
+
+inline PendingReplyPtr InterceptedCall::Defer() const {
+  return deferral != nullptr ? deferral->Defer() : nullptr;
+}
 
 // How to answer one notification.
 struct Response {
@@ -82,6 +127,7 @@ struct Response {
     kContinue,  // Let the syscall run (seccomp: SECCOMP_USER_NOTIF_FLAG_CONTINUE).
     kFail,      // Fail it with `error`.
     kDrop,      // Answer nothing: the caller is gone.
+    kDeferred,  // A PendingReply answers later (NotificationScope::Defer() was called).
   };
   Kind kind = Kind::kContinue;
   int error = 0;  // kFail: positive errno.

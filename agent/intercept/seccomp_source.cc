@@ -44,16 +44,102 @@ int Ioctl(int fd, uint64_t request, void* arg) {
 
 bool IdValid(int fd, uint64_t id) { return Ioctl(fd, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) == 0; }
 
+// Answers notification `id` on listener `fd`: continue if `error` is 0, else fail with `error`
+// (EPERM if it is not a valid positive errno: a bad value never reaches the caller). `resp`
+// is a zeroed buffer of the kernel's response size. Counts what SEND says.
+void Send(int fd, uint64_t id, int error, pid_t pid, seccomp_notif_resp* resp,
+          SeccompSourceStats& stats) {
+  resp->id = id;
+  if (error == 0) {
+    resp->flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
+  } else {
+    if (error < 0 || error > 4095) error = EPERM;
+    resp->error = -error;
+  }
+  if (Ioctl(fd, SECCOMP_IOCTL_NOTIF_SEND, resp) != 0) {
+    if (errno == ENOENT) {
+      Bump(stats.send_gone);
+    } else {
+      uint64_t count = stats.send_errors.fetch_add(1, std::memory_order_relaxed) + 1;
+      if (ShouldLog(count)) {
+        SHUTTLE_LOG(ERROR) << "intercept: SECCOMP_IOCTL_NOTIF_SEND for pid " << pid << ": "
+                           << std::strerror(errno) << " (" << count << " so far)";
+      }
+    }
+  }
+}
+
 }  // namespace
+
+// The deferred answer to one notification; see the header comment.
+class SeccompInterceptionSource::Reply final : public PendingReply {
+ public:
+  Reply(std::shared_ptr<Listener> listener, std::shared_ptr<InflightJournal> journal,
+        std::shared_ptr<SeccompSourceStats> stats, uint64_t id, int slot, pid_t pid)
+      : listener_(std::move(listener)),
+        journal_(std::move(journal)),
+        stats_(std::move(stats)),
+        id_(id),
+        slot_(slot),
+        pid_(pid) {}
+
+  ~Reply() override {
+    if (finished_.exchange(true, std::memory_order_acq_rel)) return;
+    Bump(stats_->deferred_abandoned);
+    Respond(EPERM);
+  }
+
+  void Finish(Answer answer) override {
+    if (finished_.exchange(true, std::memory_order_acq_rel)) {
+      SHUTTLE_LOG(ERROR) << "intercept: a deferred reply for pid " << pid_
+                         << " was finished twice; the second answer is ignored";
+      return;
+    }
+    Bump(stats_->deferred_finished);
+    // Deferred() is no answer: fail closed rather than leave the caller waiting.
+    Respond(answer.is_deferred() ? EPERM : answer.error);
+  }
+
+ private:
+  void Respond(int error) {
+    // On the stack, not the loop's buffer (another thread). SEND reads exactly the kernel's
+    // struct seccomp_notif_resp, whose layout has not grown since it was added.
+    seccomp_notif_resp resp{};
+    Send(listener_->fd.get(), id_, error, pid_, &resp, *stats_);
+    if (journal_ != nullptr) journal_->Release(slot_);
+  }
+
+  const std::shared_ptr<Listener> listener_;  // Keeps the fd (and its number) ours.
+  const std::shared_ptr<InflightJournal> journal_;
+  const std::shared_ptr<SeccompSourceStats> stats_;
+  const uint64_t id_;
+  const int slot_;  // -1: unjournaled.
+  const pid_t pid_;
+  std::atomic<bool> finished_{false};
+};
 
 class SeccompInterceptionSource::IdScope final : public NotificationScope {
  public:
-  IdScope(int fd, uint64_t id) : fd_(fd), id_(id) {}
-  bool StillValid() override { return IdValid(fd_, id_); }
+  IdScope(SeccompInterceptionSource& source, Listener& listener, uint64_t id, int slot, pid_t pid)
+      : source_(source), listener_(listener), id_(id), slot_(slot), pid_(pid) {}
+  bool StillValid() override { return IdValid(listener_.fd.get(), id_); }
+
+  PendingReplyPtr Defer() override {
+    if (deferred_) return nullptr;  // At most once: a second reply would answer twice.
+    deferred_ = true;
+    Bump(source_.stats_->deferred);
+    return std::make_unique<Reply>(listener_.shared_from_this(), source_.journal_, source_.stats_,
+                                   id_, slot_, pid_);
+  }
+  bool deferred() const { return deferred_; }
 
  private:
-  int fd_;
+  SeccompInterceptionSource& source_;
+  Listener& listener_;
   uint64_t id_;
+  int slot_;
+  pid_t pid_;
+  bool deferred_ = false;
 };
 
 absl::StatusOr<std::unique_ptr<SeccompInterceptionSource>> SeccompInterceptionSource::Create(
@@ -73,7 +159,7 @@ absl::StatusOr<std::unique_ptr<SeccompInterceptionSource>> SeccompInterceptionSo
   if (epoll_ctl(epoll.get(), EPOLL_CTL_ADD, stop.get(), &ev) != 0) {
     return ErrnoStatus(errno, "epoll_ctl(eventfd)");
   }
-  std::unique_ptr<InflightJournal> journal;
+  std::shared_ptr<InflightJournal> journal;
   if (!options.journal_path.empty()) {
     auto opened = InflightJournal::Open(options.journal_path, options.journal_slots);
     if (!opened.ok()) return opened.status();
@@ -87,7 +173,7 @@ absl::StatusOr<std::unique_ptr<SeccompInterceptionSource>> SeccompInterceptionSo
 
 SeccompInterceptionSource::SeccompInterceptionSource(const Options& options, UniqueFd epoll,
                                                      UniqueFd stop_event,
-                                                     std::unique_ptr<InflightJournal> journal,
+                                                     std::shared_ptr<InflightJournal> journal,
                                                      size_t notif_size, size_t resp_size)
     : epoll_(std::move(epoll)),
       stop_event_(std::move(stop_event)),
@@ -96,7 +182,8 @@ SeccompInterceptionSource::SeccompInterceptionSource(const Options& options, Uni
       resp_buf_((resp_size + 7) / 8),
       notif_size_(notif_size),
       resp_size_(resp_size),
-      events_(static_cast<size_t>(options.max_events)) {}
+      events_(static_cast<size_t>(options.max_events)),
+      stats_(std::make_shared<SeccompSourceStats>()) {}
 
 SeccompInterceptionSource::~SeccompInterceptionSource() = default;
 
@@ -110,7 +197,7 @@ absl::Status SeccompInterceptionSource::Add(UniqueFd listener, std::string_view 
           "Add: fd ", listener.get(), " is not a seccomp listener: ", std::strerror(errno)));
     }
   }
-  auto owned = std::make_unique<Listener>();
+  auto owned = std::make_shared<Listener>();
   owned->fd = std::move(listener);
   owned->vm = std::string(vm);
   Listener* raw = owned.get();
@@ -124,7 +211,7 @@ absl::Status SeccompInterceptionSource::Add(UniqueFd listener, std::string_view 
     listeners_.pop_back();
     return ErrnoStatus(err, "Add: epoll_ctl");
   }
-  Bump(stats_.listeners_added);
+  Bump(stats_->listeners_added);
   return absl::OkStatus();
 }
 
@@ -133,13 +220,20 @@ void SeccompInterceptionSource::Remove(Listener* listener) {
   absl::MutexLock lock(&mu_);
   auto it = std::find_if(listeners_.begin(), listeners_.end(),
                          [listener](const auto& l) { return l.get() == listener; });
-  if (it != listeners_.end()) listeners_.erase(it);  // Closes the fd.
-  Bump(stats_.listeners_closed);
+  // Closes the fd, unless a pending reply still holds the listener (then the reply does).
+  if (it != listeners_.end()) listeners_.erase(it);
+  Bump(stats_->listeners_closed);
 }
 
 size_t SeccompInterceptionSource::listener_count() const {
   absl::MutexLock lock(&mu_);
   return listeners_.size();
+}
+
+bool SeccompInterceptionSource::WaitForListenerCount(size_t n, absl::Duration timeout) const {
+  absl::MutexLock lock(&mu_);
+  auto reached = [this, n]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return listeners_.size() == n; };
+  return mu_.AwaitWithTimeout(absl::Condition(&reached), timeout);
 }
 
 void SeccompInterceptionSource::Stop() {
@@ -181,7 +275,7 @@ void SeccompInterceptionSource::Serve(Listener& listener, NotificationHandler& h
   if (Ioctl(fd, SECCOMP_IOCTL_NOTIF_RECV, notif) != 0) {
     // ENOENT: the caller was interrupted or killed between the wake-up and now.
     if (errno != ENOENT) {
-      uint64_t count = stats_.recv_errors.fetch_add(1, std::memory_order_relaxed) + 1;
+      uint64_t count = stats_->recv_errors.fetch_add(1, std::memory_order_relaxed) + 1;
       if (ShouldLog(count)) {
         SHUTTLE_LOG(ERROR) << "intercept: SECCOMP_IOCTL_NOTIF_RECV on a listener of VM '"
                            << listener.vm << "': " << std::strerror(errno) << " (" << count
@@ -190,12 +284,12 @@ void SeccompInterceptionSource::Serve(Listener& listener, NotificationHandler& h
     }
     return;
   }
-  Bump(stats_.received);
+  Bump(stats_->received);
   const uint64_t id = notif->id;
   int slot = -1;
   if (journal_ != nullptr) {
     slot = journal_->Record(id);
-    if (slot < 0) Bump(stats_.unjournaled);
+    if (slot < 0) Bump(stats_->unjournaled);
   }
 
   SyscallEvent event;
@@ -204,32 +298,31 @@ void SeccompInterceptionSource::Serve(Listener& listener, NotificationHandler& h
   event.nr = notif->data.nr;
   event.arch = notif->data.arch;
   for (int i = 0; i < 6; ++i) event.args[i] = notif->data.args[i];
-  IdScope scope(fd, id);
+  IdScope scope(*this, listener, id, slot, event.pid);
   Response response = handler.Handle(event, listener.vm, scope);
-
+  // A reply took the notification (and its journal slot) over: it answers, not us.
+  if (scope.deferred()) return;
+  int error = 0;
+  switch (response.kind) {
+    case Response::Kind::kFail:
+      error = response.error > 0 ? response.error : EPERM;
+      break;
+    case Response::Kind::kDeferred:
+      // Deferred without a reply: a decider bug. Fail closed rather than leave the caller hanging.
+      SHUTTLE_LOG(ERROR) << "intercept: the handler deferred the call of pid " << event.pid
+                         << " without taking a reply; failing it with EPERM";
+      error = EPERM;
+      break;
+    case Response::Kind::kContinue:
+    case Response::Kind::kDrop:
+      // kDrop too: answering a notification that is gone fails harmlessly with ENOENT, while
+      // leaving one unanswered by mistake would hang its caller.
+      error = 0;
+      break;
+  }
   auto* resp = reinterpret_cast<seccomp_notif_resp*>(resp_buf_.data());
   std::memset(resp, 0, resp_size_);
-  resp->id = id;
-  if (response.kind == Response::Kind::kFail) {
-    int error = response.error;
-    if (error <= 0 || error > 4095) error = EPERM;  // Never let a bad errno reach the caller.
-    resp->error = -error;
-  } else {
-    // kContinue, and also kDrop: answering a notification that is gone fails harmlessly with
-    // ENOENT, while leaving one unanswered by mistake would hang its caller.
-    resp->flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
-  }
-  if (Ioctl(fd, SECCOMP_IOCTL_NOTIF_SEND, resp) != 0) {
-    if (errno == ENOENT) {
-      Bump(stats_.send_gone);
-    } else {
-      uint64_t count = stats_.send_errors.fetch_add(1, std::memory_order_relaxed) + 1;
-      if (ShouldLog(count)) {
-        SHUTTLE_LOG(ERROR) << "intercept: SECCOMP_IOCTL_NOTIF_SEND for pid " << event.pid << ": "
-                           << std::strerror(errno) << " (" << count << " so far)";
-      }
-    }
-  }
+  Send(fd, id, error, event.pid, resp, *stats_);
   if (slot >= 0) journal_->Clear(slot);
 }
 

@@ -4,6 +4,13 @@
 // answer (CONTINUE or an errno), clear the journal slot. No allocation and no lock on that
 // path; one epoll_wait per batch of ready listeners.
 //
+// Deferred answers (NotificationScope::Defer): the reply owns the notification from then on.
+// It holds the listener (a shared_ptr, so its fd stays open and its number can't be reused by
+// another file even if the listener is removed meanwhile) and the journal; its Finish() sends
+// SECCOMP_IOCTL_NOTIF_SEND from whatever thread calls it (the kernel serialises the notify
+// ioctls per filter) and releases the journal slot (InflightJournal::Release). A reply dropped
+// unfinished fails the call with EPERM. Only Defer() allocates.
+//
 // Restarts: the VM init keeps a duplicate of every listener, so when the agent dies the
 // processes' pending calls wait instead of failing with ENOSYS; a new agent takes the
 // listeners back (pidfd_getfd), calls RecoverInflight() to answer the calls the dead agent had
@@ -25,6 +32,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "agent/intercept/inflight_journal.h"
 #include "agent/intercept/interception.h"
@@ -40,7 +48,10 @@ struct SeccompSourceStats {
   std::atomic<uint64_t> send_errors{0};  // Other SEND failures.
   std::atomic<uint64_t> unjournaled{0};  // Journal full: id not noted.
   std::atomic<uint64_t> listeners_added{0};
-  std::atomic<uint64_t> listeners_closed{0};  // Removed on EPOLLHUP (all their processes exited).
+  std::atomic<uint64_t> listeners_closed{0};    // Removed on EPOLLHUP (all their processes exited).
+  std::atomic<uint64_t> deferred{0};            // Answers handed to a PendingReply.
+  std::atomic<uint64_t> deferred_finished{0};   // ... sent by PendingReply::Finish().
+  std::atomic<uint64_t> deferred_abandoned{0};  // ... replies dropped unfinished (EPERM sent).
 };
 
 class SeccompInterceptionSource final : public InterceptionSource {
@@ -76,24 +87,30 @@ class SeccompInterceptionSource final : public InterceptionSource {
   std::vector<uint64_t> LeftoverIds() const;
 
   size_t listener_count() const;
-  const SeccompSourceStats& stats() const { return stats_; }
+  // Waits until listener_count() == n (e.g. a test waiting for a closed listener to be
+  // removed); false after `timeout`.
+  bool WaitForListenerCount(size_t n, absl::Duration timeout) const;
+  // Valid as long as the source or any of its pending replies lives.
+  const SeccompSourceStats& stats() const { return *stats_; }
 
  private:
-  struct Listener {
+  // Shared with the pending replies of its notifications, which may outlive the source.
+  struct Listener : std::enable_shared_from_this<Listener> {
     UniqueFd fd;
     std::string vm;
   };
   class IdScope;
+  class Reply;
 
   SeccompInterceptionSource(const Options& options, UniqueFd epoll, UniqueFd stop_event,
-                            std::unique_ptr<InflightJournal> journal, size_t notif_size,
+                            std::shared_ptr<InflightJournal> journal, size_t notif_size,
                             size_t resp_size);
   void Serve(Listener& listener, NotificationHandler& handler);
   void Remove(Listener* listener);
 
   UniqueFd epoll_;
-  UniqueFd stop_event_;  // eventfd; registered with a null data pointer.
-  std::unique_ptr<InflightJournal> journal_;
+  UniqueFd stop_event_;                       // eventfd; registered with a null data pointer.
+  std::shared_ptr<InflightJournal> journal_;  // Shared with pending replies.
   // Kernel-sized buffers (SECCOMP_GET_NOTIF_SIZES), allocated once.
   std::vector<uint64_t> notif_buf_;
   std::vector<uint64_t> resp_buf_;
@@ -102,9 +119,10 @@ class SeccompInterceptionSource final : public InterceptionSource {
   std::vector<epoll_event> events_;  // epoll_wait batch.
 
   mutable absl::Mutex mu_;
-  // Owns the listeners; epoll data pointers point at them. Only the loop thread removes.
-  std::vector<std::unique_ptr<Listener>> listeners_ ABSL_GUARDED_BY(mu_);
-  SeccompSourceStats stats_;
+  // Owns the listeners (with the pending replies); epoll data pointers point at them. Only the
+  // loop thread removes.
+  std::vector<std::shared_ptr<Listener>> listeners_ ABSL_GUARDED_BY(mu_);
+  std::shared_ptr<SeccompSourceStats> stats_;  // Shared with pending replies.
 };
 
 }  // namespace shuttle::agent::intercept

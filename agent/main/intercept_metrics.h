@@ -41,6 +41,7 @@ class InterceptMetrics final : public prometheus::Collectable {
     counter("shuttle_agent_notifications_total",
             "Intercepted syscalls handled by the agent, by outcome",
             {{"decided", load(handler_.decided)},
+             {"deferred", load(handler_.deferred)},
              {"not_interaction", load(handler_.not_interaction)},
              {"malformed", load(handler_.malformed)},
              {"inspect_error", load(handler_.inspect_errors)},
@@ -54,7 +55,10 @@ class InterceptMetrics final : public prometheus::Collectable {
              {"send_error", load(source_.send_errors)},
              {"unjournaled", load(source_.unjournaled)},
              {"listener_added", load(source_.listeners_added)},
-             {"listener_closed", load(source_.listeners_closed)}});
+             {"listener_closed", load(source_.listeners_closed)},
+             {"deferred", load(source_.deferred)},
+             {"deferred_finished", load(source_.deferred_finished)},
+             {"deferred_abandoned", load(source_.deferred_abandoned)}});
     return out;
   }
 

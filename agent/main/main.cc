@@ -3,10 +3,13 @@
 //
 //   shuttle-agent [--data-dir DIR] [--socket PATH] [--metrics-listen ADDR] [--policy-file FILE]
 //                 [--host-id ID] [--launcher PATH] [--vm-init PATH] [--journal PATH]
-//                 [--port-file FILE]
+//                 [--port-file FILE] [--audit-spool-max-bytes N]
 //                 [--controller ADDR [--join-token T] [--controller-ca FILE]]
 // Standalone (--policy-file) or fleet (--controller: enroll once, then the policy stream;
 // the last good pushed policy is enforced at start), never both.
+// Every cross-VM, vm-host and host-vm decision is spooled to DATA/audit (bounded), and with
+// --controller uploaded to it in batches. With --controller, `ask` rules are sent to it
+// (Authorize) and the answers cached; without, their fail mode decides.
 // SIGHUP re-reads --policy-file; SIGTERM/SIGINT stop the agent (VMs and their programs keep
 // running, and a restarted agent takes them back).
 #include <limits.h>
@@ -26,9 +29,13 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
+#include "agent/audit/spool.h"
+#include "agent/audit/uploader.h"
 #include "agent/client/enroll.h"
 #include "agent/client/policy_client.h"
 #include "agent/client/policy_snapshot.h"
+#include "agent/decide/ask_cache.h"
+#include "agent/decide/ask_client.h"
 #include "agent/decide/policy_decider.h"
 #include "agent/decide/policy_holder.h"
 #include "agent/intercept/intercept_handler.h"
@@ -63,6 +70,9 @@ ABSL_FLAG(std::string, controller, "",
           "Controller address HOST:PORT; the policy then comes from the controller (mTLS)");
 ABSL_FLAG(std::string, join_token, "",
           "Single-use token from `shuttlectl token create`; enrolls once if DATA/pki is empty");
+ABSL_FLAG(uint64_t, audit_spool_max_bytes, uint64_t{64} << 20,
+          "Bound on the audit spool in DATA/audit; when full, new records are dropped and "
+          "counted (shuttle_agent_audit_dropped_total{reason=\"spool_full\"})");
 ABSL_FLAG(std::string, controller_ca, "/var/lib/shuttle/controller/pki/ca.pem",
           "The controller's CA certificate, to verify the controller while enrolling");
 
@@ -215,7 +225,28 @@ absl::Status Run(const sigset_t& signals) {
   SHUTTLE_ASSIGN_OR_RETURN(std::unique_ptr<MetricsServer> metrics,
                            MetricsServer::Create(absl::GetFlag(FLAGS_metrics_listen)));
 
+  // The audit spool: always (a standalone agent keeps a bounded local audit log); uploaded
+  // only with a controller. Declared before the decider and the uploader that use it.
+  AuditSpoolOptions spool_options;
+  spool_options.dir = data_dir + "/audit";
+  spool_options.host_id = host_id;
+  spool_options.max_bytes = absl::GetFlag(FLAGS_audit_spool_max_bytes);
+  SHUTTLE_ASSIGN_OR_RETURN(std::unique_ptr<AuditSpool> audit_spool,
+                           AuditSpool::Open(std::move(spool_options), metrics->registry()));
+  std::unique_ptr<AuditUploader> audit_uploader;
+
+  // `ask` answers, dropped for the rules a new policy changes. Declared before the holder that
+  // feeds it and the decider and asker that use it.
+  AskCache ask_cache;
+  std::unique_ptr<GrpcAsker> asker;  // With --controller: Authorize for `ask` rules.
   PolicyHolder policy;
+  policy.SetObserver([&ask_cache](const auto& compiled) {
+    size_t dropped = ask_cache.OnPolicy(*compiled);
+    if (dropped > 0) {
+      SHUTTLE_LOG(INFO) << "policy version " << compiled->version() << ": dropped " << dropped
+                        << " cached ask answers of changed rules";
+    }
+  });
   uint64_t local_version = 1;
   // Declared before the client, whose VM lister reads it (null until opened), so it outlives
   // the client's threads.
@@ -231,11 +262,21 @@ absl::Status Run(const sigset_t& signals) {
     client_options.controller_address = controller;
     client_options.host_id = host_id;
     client_options.agent_version = kAgentVersion;
-    client_options.credentials = std::move(credentials);
+    client_options.credentials = credentials;
     client_options.snapshot_path = LastGoodPolicyPath(data_dir);
     client = std::make_unique<PolicyClient>(
         std::move(client_options), policy, [&vms] { return ListVmsForController(vms.get()); },
         metrics->registry());
+    GrpcAskerOptions ask_options;
+    ask_options.controller_address = controller;
+    ask_options.host_id = host_id;
+    ask_options.credentials = credentials;
+    asker = std::make_unique<GrpcAsker>(std::move(ask_options));
+    AuditUploaderOptions uploader_options;
+    uploader_options.controller_address = controller;
+    uploader_options.credentials = std::move(credentials);
+    audit_uploader = std::make_unique<AuditUploader>(std::move(uploader_options), *audit_spool,
+                                                     metrics->registry());
     // Enforce the last good policy now: the controller may be down or slow to answer.
     absl::StatusOr<uint64_t> persisted = client->LoadPersisted();
     if (persisted.ok()) {
@@ -295,6 +336,16 @@ absl::Status Run(const sigset_t& signals) {
   intercept::RealProcessFds process_fds;
   ManagerResolver resolver(*vms);
   PolicyDecider decider(policy, metrics->registry());
+  decider.set_audit_sink(audit_spool.get());
+  if (asker != nullptr) decider.EnableAsk(*asker, ask_cache);
+  // Whatever way Run() returns, asks in flight complete before the decider goes (their
+  // completions use it).
+  struct AskShutdown {
+    GrpcAsker* asker;
+    ~AskShutdown() {
+      if (asker != nullptr) asker->Shutdown();
+    }
+  } ask_shutdown{asker.get()};
   intercept::InterceptHandler handler(memory, process_fds, resolver, decider);
   auto intercept_metrics = std::make_shared<InterceptMetrics>(handler.stats(), source->stats());
   metrics->RegisterCollectable(intercept_metrics);
@@ -320,6 +371,7 @@ absl::Status Run(const sigset_t& signals) {
     client->Start();
     SHUTTLE_LOG(INFO) << "policy stream to controller " << controller << " started";
   }
+  if (audit_uploader != nullptr) audit_uploader->Start();
 
   const std::string port_file = absl::GetFlag(FLAGS_port_file);
   if (!port_file.empty()) {
@@ -352,6 +404,12 @@ absl::Status Run(const sigset_t& signals) {
   local.Stop();
   source->Stop();
   loop.join();
+  // No more decisions: asks still in flight are cancelled and decided by their fail mode (and
+  // audited), then write what the spool holds, then stop uploading (what is not acknowledged
+  // yet goes at the next start).
+  if (asker != nullptr) asker->Shutdown();
+  audit_spool->Stop();
+  if (audit_uploader != nullptr) audit_uploader->Stop();
   return loop_status;
 }
 

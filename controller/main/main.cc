@@ -29,10 +29,14 @@
 #include "common/metrics.h"
 #include "common/status_macros.h"
 #include "common/tls.h"
+#include "controller/audit/audit_log.h"
+#include "controller/authz/answers.h"
 #include "controller/authz/authz.h"
 #include "controller/push/push_manager.h"
 #include "controller/registry/policy_registry.h"
 #include "controller/service/agent_service.h"
+#include "controller/service/answer_service.h"
+#include "controller/service/audit_service.h"
 #include "controller/service/fleet_service.h"
 #include "controller/service/policy_service.h"
 #include "controller/store/sqlite_store.h"
@@ -51,6 +55,9 @@ ABSL_FLAG(bool, insecure, false,
           "Serve plaintext gRPC with no client authentication. For local experiments only");
 ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error");
 ABSL_FLAG(int, workers, 4, "Threads that run handler work (store access)");
+ABSL_FLAG(absl::Duration, ask_default_ttl, absl::Seconds(30),
+          "How long agents may cache an Authorize answer whose standing answer names no ttl, "
+          "and a denial for want of one");
 // issue-cert only.
 ABSL_FLAG(std::string, role, "viewer", "issue-cert: role of the certificate (admin or viewer)");
 ABSL_FLAG(std::string, name, "", "issue-cert: identity (CN) of the certificate");
@@ -150,13 +157,23 @@ absl::Status Serve(const sigset_t& stop_signals) {
   Executor executor(absl::GetFlag(FLAGS_workers));
   PushManager push(*store, policies, RealClock(), registry);
   SHUTTLE_RETURN_IF_ERROR(push.Start());
+  AnswerOptions answer_options;
+  answer_options.default_ttl = absl::GetFlag(FLAGS_ask_default_ttl);
+  if (answer_options.default_ttl <= absl::ZeroDuration() ||
+      answer_options.default_ttl > answer_options.max_ttl) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--ask-default-ttl must be in (0, ", absl::FormatDuration(answer_options.max_ttl),
+        "], not ", absl::FormatDuration(answer_options.default_ttl)));
+  }
+  AnswerAuthority answers(*store, RealClock(), answer_options);
+  SHUTTLE_RETURN_IF_ERROR(answers.Load());
+  AuditLog audit(*store, registry);
   PolicyServiceImpl policy_service(policies, authorizer, executor);
   AgentServiceImpl agent_service(*store, push, authorizer, executor, RealClock(), data_dir + "/pki",
-                                 registry);
+                                 registry, answers, audit);
   FleetServiceImpl fleet_service(*store, push, authorizer, executor, RealClock());
-  // Declared so the API is whole; AuditService (and AgentService.Authorize/UploadAudit) answer
-  // UNIMPLEMENTED until their issue lands.
-  v1::AuditService::CallbackService audit_service;
+  AuditServiceImpl audit_service(audit, authorizer, executor, registry);
+  AnswerServiceImpl answer_service(answers, authorizer, executor);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -169,6 +186,7 @@ absl::Status Serve(const sigset_t& stop_signals) {
   builder.RegisterService(&agent_service);
   builder.RegisterService(&fleet_service);
   builder.RegisterService(&audit_service);
+  builder.RegisterService(&answer_service);
   builder.experimental().SetInterceptorCreators(MakeGrpcMetricsInterceptors(registry));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || grpc_port == 0) {
@@ -191,7 +209,8 @@ absl::Status Serve(const sigset_t& stop_signals) {
   SHUTTLE_LOG(INFO) << "signal " << signal_number << " (" << strsignal(signal_number)
                     << "): shutting down";
   server->GetHealthCheckService()->SetServingStatus(false);
-  push.Stop();  // Ends the agents' policy streams now; they reconnect to the next controller.
+  push.Stop();    // Ends the agents' policy streams now; they reconnect to the next controller.
+  audit.Close();  // Ends AuditService.Follow streams now, with UNAVAILABLE.
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   server->Wait();
   return absl::OkStatus();

@@ -31,6 +31,24 @@ v1::PolicyBundle HostBundle(const v1::PolicyBundle& fleet, std::string_view host
   return out;
 }
 
+std::string HostBundleKey(const v1::PolicyBundle& fleet, std::string_view host_id,
+                          const std::vector<std::string>& vms) {
+  std::string key;
+  key.reserve(static_cast<size_t>(fleet.policies_size()) + 16 * vms.size() + 1);
+  for (const v1::Policy& policy : fleet.policies()) {
+    key.push_back(policy::PolicyAppliesToHost(policy, host_id) ? '1' : '0');
+  }
+  key.push_back('|');
+  std::vector<std::string_view> names(vms.begin(), vms.end());
+  std::sort(names.begin(), names.end());
+  names.erase(std::unique(names.begin(), names.end()), names.end());
+  for (std::string_view name : names) {
+    key.append(std::to_string(name.size())).push_back(':');
+    key.append(name);
+  }
+  return key;
+}
+
 namespace {
 
 std::string Serialized(const v1::Policy& policy) {

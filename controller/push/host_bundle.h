@@ -26,6 +26,14 @@ bool RuleCanApply(std::string_view subject_vm, const std::vector<std::string>& v
 v1::PolicyBundle HostBundle(const v1::PolicyBundle& fleet, std::string_view host_id,
                             const std::vector<std::string>& vms);
 
+// What HostBundle's result depends on besides `fleet`: which of its policies apply to `host_id`,
+// and the set of VM names (order and duplicates ignored). Hosts with equal keys receive equal
+// bundles, so the push manager computes one bundle per key and fleet version and shares it,
+// instead of one per host. Unambiguous for any VM names (each is length-prefixed). Pure;
+// thread-safe.
+std::string HostBundleKey(const v1::PolicyBundle& fleet, std::string_view host_id,
+                          const std::vector<std::string>& vms);
+
 // The change from one host bundle to another, by policy name.
 struct BundleDelta {
   std::vector<v1::Policy> upserts;    // Policies new in `target` or whose content changed.

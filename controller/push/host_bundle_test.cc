@@ -77,6 +77,31 @@ TEST(HostBundleTest, SelectsPoliciesByHostAndRulesByVm) {
   EXPECT_THAT(RuleNames(db.policies(0)), ElementsAre("any", "star", "from-cache", "from-host"));
 }
 
+TEST(HostBundleKeyTest, EqualKeysMeanEqualBundles) {
+  v1::PolicyBundle fleet;
+  fleet.set_version(7);
+  *fleet.add_policies() = MakePolicy("web", {}, {MakeRule("any", ""), MakeRule("w", "web")});
+  *fleet.add_policies() = MakePolicy("only-db-hosts", {"db-*"}, {MakeRule("r", "")});
+  *fleet.add_policies() = MakePolicy("web-hosts", {"web-1", "web-2"}, {MakeRule("c", "cache")});
+
+  // Same applicable policies and the same VM set (order and repeats aside): one key, and
+  // indeed one bundle.
+  const std::string web1 = HostBundleKey(fleet, "web-1", {"web", "db"});
+  EXPECT_EQ(HostBundleKey(fleet, "web-2", {"db", "web", "db"}), web1);
+  EXPECT_TRUE(MessageDifferencer::Equals(HostBundle(fleet, "web-1", {"web", "db"}),
+                                         HostBundle(fleet, "web-2", {"db", "web", "db"})));
+  EXPECT_EQ(HostBundleKey(fleet, "db-1", {}), HostBundleKey(fleet, "db-2", {}));
+
+  // Another policy set or another VM set: another key.
+  EXPECT_NE(HostBundleKey(fleet, "web-3", {"web", "db"}), web1);
+  EXPECT_NE(HostBundleKey(fleet, "db-1", {"web", "db"}), web1);
+  EXPECT_NE(HostBundleKey(fleet, "web-1", {"web"}), web1);
+  EXPECT_NE(HostBundleKey(fleet, "web-1", {"web", "db", "cache"}), web1);
+  // Names are length-prefixed, so no pair of VM lists can spell the same key.
+  EXPECT_NE(HostBundleKey(fleet, "h", {"a1:b"}), HostBundleKey(fleet, "h", {"a", "b"}));
+  EXPECT_NE(HostBundleKey(fleet, "h", {"ab"}), HostBundleKey(fleet, "h", {"a", "b"}));
+}
+
 TEST(DeltaTest, UpsertsChangedAndNewRemovesGone) {
   v1::PolicyBundle base;
   base.set_version(3);

@@ -122,6 +122,8 @@ void PushManager::OnSnapshot(std::shared_ptr<const FleetSnapshot> snapshot) {
     absl::MutexLock lock(&mu_);
     if (snapshot_ != nullptr && snapshot->bundle.version() <= snapshot_->bundle.version()) return;
     snapshot_ = snapshot;
+    bundles_.clear();
+    deltas_.clear();
     for (auto& [id, s] : sessions_) {
       s.needs_push = true;
       MaybePush(s);
@@ -136,35 +138,66 @@ std::vector<std::string> PushManager::VmNames(const HostState& host) const {
   return names;
 }
 
+// Most shared bundles (and deltas) kept per fleet version before the caches start over.
+constexpr size_t kMaxCachedBundles = 4096;
+
+std::shared_ptr<const v1::PolicyBundle> PushManager::BundleFor(const std::string& host_id,
+                                                               const HostState& host) {
+  const std::vector<std::string> vms = VmNames(host);
+  // Hosts alike share entries; only agents that keep reporting new VM sets add more. Bound it.
+  if (bundles_.size() >= kMaxCachedBundles) bundles_.clear();
+  std::shared_ptr<const v1::PolicyBundle>& bundle =
+      bundles_[push::HostBundleKey(snapshot_->bundle, host_id, vms)];
+  if (bundle == nullptr) {
+    bundle =
+        std::make_shared<const v1::PolicyBundle>(push::HostBundle(snapshot_->bundle, host_id, vms));
+  }
+  return bundle;
+}
+
+const std::optional<push::BundleDelta>& PushManager::DeltaFor(
+    const std::shared_ptr<const v1::PolicyBundle>& base,
+    const std::shared_ptr<const v1::PolicyBundle>& target) {
+  if (deltas_.size() >= kMaxCachedBundles) deltas_.clear();
+  auto [it, added] = deltas_.try_emplace({base.get(), target.get()});
+  if (added) {
+    it->second.base = base;
+    it->second.target = target;
+    it->second.delta = push::DeltaIfSmall(*base, *target, options_.max_delta_policies);
+  }
+  return it->second.delta;
+}
+
 void PushManager::MaybePush(Session& s) {
   if (stopping_ || s.inflight.has_value() || !s.needs_push || snapshot_ == nullptr) return;
   s.needs_push = false;
-  HostState& host = hosts_[s.host_id];
-  auto bundle = std::make_shared<const v1::PolicyBundle>(
-      push::HostBundle(snapshot_->bundle, s.host_id, VmNames(host)));
+  std::shared_ptr<const v1::PolicyBundle> bundle = BundleFor(s.host_id, hosts_[s.host_id]);
+  const std::optional<push::BundleDelta>* delta = nullptr;
+  if (s.acked_bundle != nullptr) {
+    // Same content (a VM change that changes nothing for this host): nothing to send.
+    if (s.acked_bundle == bundle) return;
+    delta = &DeltaFor(s.acked_bundle, bundle);
+    if (s.acked_bundle->version() == bundle->version() && delta->has_value() &&
+        (*delta)->size() == 0) {
+      return;
+    }
+  }
   v1::StreamResponse response;
   v1::StreamResponse::Push& push = *response.mutable_push();
   push.set_version(bundle->version());
   push.set_nonce(NewNonce());
-  std::optional<push::BundleDelta> delta;
-  if (s.acked_bundle != nullptr) {
-    if (s.acked_bundle->version() == bundle->version()) {
-      // Same version: only a VM change can make a difference; nothing to do if it does not.
-      if (push::ComputeDelta(*s.acked_bundle, *bundle).size() == 0) return;
-    }
-    delta = push::DeltaIfSmall(*s.acked_bundle, *bundle, options_.max_delta_policies);
-  }
-  if (delta.has_value()) {
+  const bool is_delta = delta != nullptr && delta->has_value();
+  if (is_delta) {
     push.set_is_delta(true);
     push.set_base_version(s.acked_bundle->version());
-    for (v1::Policy& p : delta->upserts) *push.add_upserts() = std::move(p);
-    for (std::string& name : delta->removals) push.add_removals(std::move(name));
+    for (const v1::Policy& p : (*delta)->upserts) *push.add_upserts() = p;
+    for (const std::string& name : (*delta)->removals) push.add_removals(name);
     pushes_delta_.Increment();
   } else {
     *push.mutable_snapshot() = *bundle;
     pushes_full_.Increment();
   }
-  s.inflight = Inflight{bundle->version(), push.nonce(), bundle, delta.has_value(), clock_.Now()};
+  s.inflight = Inflight{bundle->version(), push.nonce(), bundle, is_delta, clock_.Now()};
   s.pushed_version = bundle->version();
   s.sink->Send(response);
 }
@@ -178,12 +211,34 @@ void PushManager::Touch(HostState& host) {
 
 void PushManager::SaveHost(HostState& host) {
   host.last_saved = clock_.Now();
-  store_writer_.Run([this, record = host.record] {
-    absl::Status status = store_.PutHost(record);
-    if (!status.ok()) {
-      SHUTTLE_LOG(WARNING) << "host " << record.host_id << ": " << status;
+  bool queue = false;
+  {
+    absl::MutexLock lock(&save_mu_);
+    unsaved_[host.record.host_id] = host.record;
+    queue = !drain_queued_;
+    drain_queued_ = true;
+  }
+  if (queue) store_writer_.Run([this] { DrainSaves(); });
+}
+
+void PushManager::DrainSaves() {
+  while (true) {
+    std::map<std::string, HostRecord> batch;
+    {
+      absl::MutexLock lock(&save_mu_);
+      if (unsaved_.empty()) {
+        drain_queued_ = false;
+        return;
+      }
+      batch.swap(unsaved_);
     }
-  });
+    for (const auto& [id, record] : batch) {
+      absl::Status status = store_.PutHost(record);
+      if (!status.ok()) {
+        SHUTTLE_LOG(WARNING) << "host " << id << ": " << status;
+      }
+    }
+  }
 }
 
 uint64_t PushManager::Connect(const v1::StreamRequest::Hello& hello, PushSink* sink) {

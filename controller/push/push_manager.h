@@ -25,6 +25,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -34,6 +35,7 @@
 #include "absl/time/time.h"
 #include "common/clock.h"
 #include "common/executor.h"
+#include "controller/push/host_bundle.h"
 #include "controller/registry/policy_registry.h"
 #include "controller/store/store.h"
 #include "prometheus/counter.h"
@@ -142,9 +144,29 @@ class PushManager {
     absl::Time last_saved = absl::InfinitePast();  // When SaveHost last queued a write.
   };
 
+  // A delta between two shared host bundles (nullopt: send a full snapshot), kept with both so
+  // the pointers that key it stay valid.
+  struct CachedDelta {
+    std::shared_ptr<const v1::PolicyBundle> base;
+    std::shared_ptr<const v1::PolicyBundle> target;
+    std::optional<push::BundleDelta> delta;
+  };
+
   void OnSnapshot(std::shared_ptr<const FleetSnapshot> snapshot);
   // Sends the newest bundle to `s` unless a push is outstanding or nothing changed.
   void MaybePush(Session& s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The current snapshot's bundle for `host`, shared by every host with the same
+  // push::HostBundleKey.
+  std::shared_ptr<const v1::PolicyBundle> BundleFor(const std::string& host_id,
+                                                    const HostState& host)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // push::DeltaIfSmall(*base, *target), computed once per pair of shared bundles.
+  const std::optional<push::BundleDelta>& DeltaFor(
+      const std::shared_ptr<const v1::PolicyBundle>& base,
+      const std::shared_ptr<const v1::PolicyBundle>& target) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Writes every host record queued by SaveHost (the newest of each host), until none is left.
+  // Runs on store_writer_.
+  void DrainSaves();
   // Marks the host seen now (agent message). Writes it to the store only every
   // kLastSeenWriteInterval (heartbeats alone must not fsync per message); state changes call
   // SaveHost.
@@ -168,6 +190,12 @@ class PushManager {
 
   mutable absl::Mutex mu_;
   std::shared_ptr<const FleetSnapshot> snapshot_ ABSL_GUARDED_BY(mu_);
+  // Per-host bundles of snapshot_ by push::HostBundleKey, and the deltas between shared
+  // bundles: a fleet of hosts alike costs one bundle and one delta per change, not one per host.
+  // Both are emptied when snapshot_ changes.
+  std::map<std::string, std::shared_ptr<const v1::PolicyBundle>> bundles_ ABSL_GUARDED_BY(mu_);
+  std::map<std::pair<const v1::PolicyBundle*, const v1::PolicyBundle*>, CachedDelta> deltas_
+      ABSL_GUARDED_BY(mu_);
   std::map<std::string, HostState> hosts_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, Session> sessions_ ABSL_GUARDED_BY(mu_);
   uint64_t next_session_ ABSL_GUARDED_BY(mu_) = 1;
@@ -182,7 +210,13 @@ class PushManager {
   std::shared_ptr<Link> link_ = std::make_shared<Link>();
 
   std::thread heartbeat_;
-  // Store writes, in order, off the push path (each is an fsync).
+  // Host records waiting for the store, the newest per host: when the store is slower than the
+  // agents' ACKs (each write is an fsync), saves of one host collapse into one write instead of
+  // queueing without bound. Lock order: mu_, then save_mu_.
+  absl::Mutex save_mu_;
+  std::map<std::string, HostRecord> unsaved_ ABSL_GUARDED_BY(save_mu_);
+  bool drain_queued_ ABSL_GUARDED_BY(save_mu_) = false;  // A DrainSaves is queued or running.
+  // Store writes, off the push path. Destroyed before the above: drains them first.
   Executor store_writer_{1};
   // Pushes and agent messages, in arrival order. Declared last: drained and joined first.
   Executor worker_{1};

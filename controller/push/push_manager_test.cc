@@ -5,6 +5,8 @@
 
 #include <memory>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/synchronization/mutex.h"
@@ -175,6 +177,56 @@ TEST_F(PushManagerTest, VmChangeRepushesTheSameVersion) {
   push_->Tick();
   EXPECT_TRUE(sink.WaitFor(4).has_heartbeat());
   push_->Disconnect(session);  // The sink dies before the manager.
+}
+
+TEST_F(PushManagerTest, HostsShareBundlesOnlyWhenAlike) {
+  const uint64_t v1 = Apply(PolicyYaml("a", "web", "/run/a"));
+  FakeSink web1, web2, bare;
+  const uint64_t s1 = push_->Connect(Hello("h1", {"web"}), &web1);
+  const uint64_t s2 = push_->Connect(Hello("h2", {"web"}), &web2);
+  const uint64_t s3 = push_->Connect(Hello("h3", {}), &bare);
+  for (auto [sink, session, rules] :
+       {std::tuple{&web1, s1, 1}, std::tuple{&web2, s2, 1}, std::tuple{&bare, s3, 0}}) {
+    v1::StreamResponse first = sink->WaitFor(1);
+    ASSERT_EQ(first.push().snapshot().policies_size(), 1);
+    EXPECT_EQ(first.push().snapshot().policies(0).rules_size(), rules);
+    EXPECT_EQ(first.push().version(), v1);
+    push_->OnAck(session, AckOf(first));
+  }
+  // A change: each host gets the delta against what it ACKed, computed for its own VMs.
+  const uint64_t v2 = Apply(PolicyYaml("a", "web", "/run/a2"));
+  for (auto [sink, rules] : {std::pair{&web1, 1}, std::pair{&web2, 1}, std::pair{&bare, 0}}) {
+    v1::StreamResponse second = sink->WaitFor(2);
+    ASSERT_TRUE(second.push().is_delta());
+    EXPECT_EQ(second.push().version(), v2);
+    EXPECT_EQ(second.push().base_version(), v1);
+    // The rule changed only where it applies; elsewhere only the version moves.
+    ASSERT_EQ(second.push().upserts_size(), rules);
+    if (rules > 0) {
+      EXPECT_EQ(second.push().upserts(0).rules(0).object().path(), "/run/a2");
+    }
+  }
+  EXPECT_NE(web1.WaitFor(2).push().nonce(), web2.WaitFor(2).push().nonce());
+  for (uint64_t s : {s1, s2, s3}) push_->Disconnect(s);
+}
+
+TEST_F(PushManagerTest, EveryAckedVersionReachesTheStore) {
+  uint64_t last = Apply(PolicyYaml("a", "web", "/run/a0"));
+  FakeSink sink;
+  const uint64_t session = push_->Connect(Hello("h1", {"web"}), &sink);
+  for (int i = 1; i <= 20; ++i) {
+    v1::StreamResponse push = sink.WaitFor(static_cast<size_t>(i));
+    ASSERT_EQ(push.push().version(), last);
+    // The worker handles this ACK before the next snapshot, so every version is pushed.
+    push_->OnAck(session, AckOf(push));
+    if (i < 20) last = Apply(PolicyYaml("a", "web", "/run/a" + std::to_string(i)));
+  }
+  push_->Disconnect(session);
+  // Saves of one host may collapse into one write, but the newest is never lost: destroying the
+  // manager waits for the writes still queued.
+  push_.reset();
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(HostRecord stored, store_->GetHost("h1"));
+  EXPECT_EQ(stored.acked_version, last);
 }
 
 TEST_F(PushManagerTest, SilentAgentIsClosedAndNewStreamReplacesOld) {

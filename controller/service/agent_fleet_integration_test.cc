@@ -1,30 +1,20 @@
 // AgentService (Enroll, PolicyStream) and FleetService over real gRPC with mTLS: the services,
 // the push manager, the registry and a SQLite store in-process on 127.0.0.1:0, a temporary PKI,
-// and a FakeClock for token expiry. The test plays the agent with a raw stream, so it checks
-// the wire contract that agent/client follows.
+// and a FakeClock for token expiry (service_testing.h). The test plays the agent with a raw
+// stream, so it checks the wire contract that agent/client follows.
 #include <grpcpp/grpcpp.h>
 
-#include <fstream>
 #include <memory>
 #include <string>
+#include <vector>
 
-#include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
-#include "common/clock.h"
-#include "common/executor.h"
 #include "common/status_matchers.h"
 #include "common/tls.h"
-#include "controller/authz/authz.h"
-#include "controller/push/push_manager.h"
-#include "controller/registry/policy_registry.h"
-#include "controller/service/agent_service.h"
 #include "controller/service/fleet_service.h"
-#include "controller/service/policy_service.h"
-#include "controller/store/sqlite_store.h"
-#include "controller/store/store_testing.h"
+#include "controller/service/service_testing.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "prometheus/registry.h"
 #include "shuttle/v1/agent.grpc.pb.h"
 #include "shuttle/v1/fleet.grpc.pb.h"
 #include "shuttle/v1/policy.grpc.pb.h"
@@ -32,7 +22,6 @@
 namespace shuttle::controller {
 namespace {
 
-using ::shuttle::controller::testing::TempDir;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
@@ -76,145 +65,14 @@ rules:
     action: allow
 )yaml";
 
-void WriteFile(const std::string& path, const std::string& content) {
-  std::ofstream out(path, std::ios::trunc);
-  out << content;
-  ASSERT_TRUE(out.good()) << path;
-}
-
 std::vector<std::string> RuleNames(const v1::Policy& p) {
   std::vector<std::string> out;
   for (const v1::Rule& r : p.rules()) out.push_back(r.name());
   return out;
 }
 
-class AgentFleetTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    pki_ = dir_.File("pki");
-    ASSERT_THAT(tls::EnsureControllerPki(pki_), shuttle::testing::IsOk());
-    SHUTTLE_ASSERT_OK_AND_ASSIGN(store_, OpenSqliteStore(dir_.File("controller.db"), clock_));
-    policies_ = std::make_unique<PolicyRegistry>(*store_, metrics_);
-    ASSERT_THAT(policies_->Load(), shuttle::testing::IsOk());
-    authorizer_ = std::make_unique<Authorizer>(false, metrics_);
-    PushOptions options;
-    options.heartbeat_thread = false;
-    push_ = std::make_unique<PushManager>(*store_, *policies_, clock_, metrics_, options);
-    ASSERT_THAT(push_->Start(), shuttle::testing::IsOk());
-    policy_service_ = std::make_unique<PolicyServiceImpl>(*policies_, *authorizer_, executor_);
-    agent_service_ = std::make_unique<AgentServiceImpl>(*store_, *push_, *authorizer_, executor_,
-                                                        clock_, pki_, metrics_);
-    fleet_service_ =
-        std::make_unique<FleetServiceImpl>(*store_, *push_, *authorizer_, executor_, clock_);
-
-    SHUTTLE_ASSERT_OK_AND_ASSIGN(std::shared_ptr<grpc::ServerCredentials> creds,
-                                 tls::LoadServerCredentials(pki_, tls::ClientCertMode::kOptional));
-    grpc::ServerBuilder builder;
-    int port = 0;
-    builder.AddListeningPort("127.0.0.1:0", creds, &port);
-    AddAgentKeepaliveArgs(builder);
-    builder.RegisterService(policy_service_.get());
-    builder.RegisterService(agent_service_.get());
-    builder.RegisterService(fleet_service_.get());
-    server_ = builder.BuildAndStart();
-    ASSERT_NE(server_, nullptr);
-    ASSERT_NE(port, 0);
-    target_ = absl::StrCat("localhost:", port);
-
-    admin_ = Channel(pki_ + "/admin.pem", pki_ + "/admin.key");
-    anonymous_ = Channel("", "");
-  }
-
-  void TearDown() override {
-    if (server_ != nullptr) {
-      server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-      server_->Wait();
-    }
-  }
-
-  std::shared_ptr<grpc::Channel> Channel(const std::string& cert, const std::string& key) {
-    absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> creds =
-        tls::LoadClientCredentials(pki_ + "/ca.pem", cert, key);
-    EXPECT_TRUE(creds.ok()) << creds.status();
-    return grpc::CreateChannel(target_, *creds);
-  }
-
-  absl::StatusOr<std::string> CreateToken(const std::string& host_id,
-                                          absl::Duration ttl = absl::ZeroDuration()) {
-    v1::CreateTokenRequest req;
-    req.set_host_id(host_id);
-    if (ttl > absl::ZeroDuration()) req.mutable_ttl()->set_seconds(absl::ToInt64Seconds(ttl));
-    v1::CreateTokenResponse resp;
-    grpc::ClientContext ctx;
-    grpc::Status s = v1::FleetService::NewStub(admin_)->CreateToken(&ctx, req, &resp);
-    if (!s.ok())
-      return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-    return resp.token();
-  }
-
-  grpc::Status Enroll(const std::string& token, const std::string& host_id,
-                      v1::EnrollResponse* resp, std::string* key_pem = nullptr) {
-    // The CSR's subject does not matter: the controller names the certificate by host_id.
-    absl::StatusOr<tls::CsrAndKey> csr = tls::CreateCsr("agent");
-    EXPECT_TRUE(csr.ok()) << csr.status();
-    v1::EnrollRequest req;
-    req.set_join_token(token);
-    req.set_host_id(host_id);
-    req.set_csr_pem(csr->csr_pem);
-    grpc::ClientContext ctx;
-    if (key_pem != nullptr) *key_pem = csr->key_pem;
-    return v1::AgentService::NewStub(anonymous_)->Enroll(&ctx, req, resp);
-  }
-
-  // Enrolls `host_id` and returns a channel with its new certificate.
-  std::shared_ptr<grpc::Channel> EnrolledChannel(const std::string& host_id) {
-    absl::StatusOr<std::string> token = CreateToken(host_id);
-    EXPECT_TRUE(token.ok()) << token.status();
-    v1::EnrollResponse resp;
-    std::string key;
-    grpc::Status s = Enroll(*token, host_id, &resp, &key);
-    EXPECT_TRUE(s.ok()) << s.error_message();
-    WriteFile(dir_.File(host_id + ".pem"), resp.certificate_pem());
-    WriteFile(dir_.File(host_id + ".key"), key);
-    return Channel(dir_.File(host_id + ".pem"), dir_.File(host_id + ".key"));
-  }
-
-  uint64_t Apply(const std::string& source) {
-    v1::ApplyRequest req;
-    req.set_source(source);
-    absl::StatusOr<v1::ApplyResponse> resp = policies_->Apply(req, "test");
-    EXPECT_TRUE(resp.ok()) << resp.status();
-    return resp.ok() ? resp->revision().fleet_version() : 0;
-  }
-
-  absl::StatusOr<v1::HostStatus> GetHost(const std::string& host_id) {
-    v1::GetHostRequest req;
-    req.set_host_id(host_id);
-    v1::GetHostResponse resp;
-    grpc::ClientContext ctx;
-    grpc::Status s = v1::FleetService::NewStub(admin_)->GetHost(&ctx, req, &resp);
-    if (!s.ok())
-      return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-    return resp.host();
-  }
-
-  TempDir dir_;
-  std::string pki_;
-  FakeClock clock_;
-  prometheus::Registry metrics_;
-  StorePtr store_;
-  std::unique_ptr<PolicyRegistry> policies_;
-  std::unique_ptr<Authorizer> authorizer_;
-  Executor executor_{2};
-  std::unique_ptr<PushManager> push_;
-  std::unique_ptr<PolicyServiceImpl> policy_service_;
-  std::unique_ptr<AgentServiceImpl> agent_service_;
-  std::unique_ptr<FleetServiceImpl> fleet_service_;
-  std::unique_ptr<grpc::Server> server_;  // Declared last: shut down before the rest.
-  std::string target_;
-  std::shared_ptr<grpc::Channel> admin_;
-  std::shared_ptr<grpc::Channel> anonymous_;
-};
+// The fixture is the whole controller in-process (service_testing.h).
+using AgentFleetTest = ::shuttle::controller::testing::ControllerServerTest;
 
 TEST_F(AgentFleetTest, CertificateLessCallersReachOnlyEnroll) {
   {

@@ -2,6 +2,7 @@
 
 #include <openssl/sha.h>
 
+#include <chrono>
 #include <deque>
 #include <utility>
 
@@ -53,9 +54,28 @@ std::string JoinTokenHash(absl::string_view token) {
       absl::string_view(reinterpret_cast<const char*>(digest), sizeof(digest)));
 }
 
+namespace {
+
+prometheus::Family<prometheus::Counter>& AuthorizeOutcomes(prometheus::Registry& metrics) {
+  return prometheus::BuildCounter()
+      .Name("shuttle_controller_authorize_total")
+      .Help("Authorize calls by outcome: allow, deny, or error (refused or invalid)")
+      .Register(metrics);
+}
+
+// 10 us to ~5 s: an answer from memory takes microseconds; the tail shows a loaded controller.
+prometheus::Histogram::BucketBoundaries AuthorizeBuckets() {
+  prometheus::Histogram::BucketBoundaries out;
+  for (double b = 10e-6; b < 6; b *= 2.5) out.push_back(b);
+  return out;
+}
+
+}  // namespace
+
 AgentServiceImpl::AgentServiceImpl(Store& store, PushManager& push, const Authorizer& authorizer,
                                    Executor& executor, Clock& clock, std::string pki_dir,
-                                   prometheus::Registry& metrics)
+                                   prometheus::Registry& metrics, const AnswerAuthority& answers,
+                                   AuditLog& audit)
     : store_(store),
       push_(push),
       authorizer_(authorizer),
@@ -65,7 +85,17 @@ AgentServiceImpl::AgentServiceImpl(Store& store, PushManager& push, const Author
       enrollments_(prometheus::BuildCounter()
                        .Name("shuttle_controller_enrollments_total")
                        .Help("Enroll calls by outcome (ok, denied, invalid, error)")
-                       .Register(metrics)) {}
+                       .Register(metrics)),
+      answers_(answers),
+      audit_(audit),
+      authorize_allow_(AuthorizeOutcomes(metrics).Add({{"outcome", "allow"}})),
+      authorize_deny_(AuthorizeOutcomes(metrics).Add({{"outcome", "deny"}})),
+      authorize_error_(AuthorizeOutcomes(metrics).Add({{"outcome", "error"}})),
+      authorize_seconds_(prometheus::BuildHistogram()
+                             .Name("shuttle_controller_authorize_duration_seconds")
+                             .Help("Time to answer one Authorize call")
+                             .Register(metrics)
+                             .Add({}, AuthorizeBuckets())) {}
 
 absl::StatusOr<v1::EnrollResponse> AgentServiceImpl::DoEnroll(const v1::EnrollRequest& request) {
   SHUTTLE_RETURN_IF_ERROR(ValidateHostId(request.host_id()));
@@ -125,6 +155,48 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Enroll(grpc::CallbackServerContext* 
                                            << "' refused: " << result.status();
                     }
                     enrollments_.Add({{"outcome", outcome}}).Increment();
+                    return result;
+                  });
+}
+
+grpc::ServerUnaryReactor* AgentServiceImpl::Authorize(grpc::CallbackServerContext* ctx,
+                                                      const v1::AuthorizeRequest* req,
+                                                      v1::AuthorizeResponse* resp) {
+  const auto start = std::chrono::steady_clock::now();
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  // Answered here, on the gRPC thread: the decision reads an in-memory snapshot and never
+  // blocks, and skipping the executor hop keeps ask latency to microseconds.
+  absl::StatusOr<v1::AuthorizeResponse> result = [&]() -> absl::StatusOr<v1::AuthorizeResponse> {
+    SHUTTLE_ASSIGN_OR_RETURN(Caller caller,
+                             authorizer_.Check(*ctx, Permission::kAgent, "AgentService.Authorize"));
+    return answers_.Authorize(caller.name, *req);
+  }();
+  if (!result.ok()) {
+    authorize_error_.Increment();
+    SHUTTLE_LOG(WARNING) << "Authorize refused: " << result.status();
+  } else if (result->decision().verdict() == v1::VERDICT_ALLOW) {
+    authorize_allow_.Increment();
+  } else {
+    authorize_deny_.Increment();
+  }
+  if (result.ok()) *resp = *std::move(result);
+  authorize_seconds_.Observe(
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  reactor->Finish(ToGrpcStatus(result.status()));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AgentServiceImpl::UploadAudit(grpc::CallbackServerContext* ctx,
+                                                        const v1::UploadAuditRequest* req,
+                                                        v1::UploadAuditResponse* resp) {
+  return RunUnary(ctx, executor_, authorizer_, Permission::kAgent, "AgentService.UploadAudit", resp,
+                  [this, req](const Caller& caller) {
+                    absl::StatusOr<v1::UploadAuditResponse> result =
+                        audit_.Ingest(caller.name, *req);
+                    if (!result.ok()) {
+                      SHUTTLE_LOG(WARNING)
+                          << "audit upload of " << caller.name << " refused: " << result.status();
+                    }
                     return result;
                   });
 }

@@ -1,6 +1,7 @@
-// AgentService over gRPC: Enroll (join token + CSR -> certificate) and the bidirectional
-// PolicyStream, whose reactor is a thin PushSink over the PushManager. Authorize and UploadAudit
-// are not implemented yet (UNIMPLEMENTED).
+// AgentService over gRPC: Enroll (join token + CSR -> certificate), the bidirectional
+// PolicyStream, whose reactor is a thin PushSink over the PushManager, Authorize (answered from
+// the standing answers, on the gRPC thread: it never blocks) and UploadAudit (stored by the
+// AuditLog on the executor).
 #ifndef SHUTTLE_CONTROLLER_SERVICE_AGENT_SERVICE_H_
 #define SHUTTLE_CONTROLLER_SERVICE_AGENT_SERVICE_H_
 
@@ -12,11 +13,14 @@
 #include "absl/strings/string_view.h"
 #include "common/clock.h"
 #include "common/executor.h"
+#include "controller/audit/audit_log.h"
+#include "controller/authz/answers.h"
 #include "controller/authz/authz.h"
 #include "controller/push/push_manager.h"
 #include "controller/store/store.h"
 #include "prometheus/counter.h"
 #include "prometheus/family.h"
+#include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 #include "shuttle/v1/agent.grpc.pb.h"
 
@@ -37,16 +41,27 @@ std::string JoinTokenHash(absl::string_view token);
 class AgentServiceImpl final : public v1::AgentService::CallbackService {
  public:
   // Collaborators are borrowed and must outlive the service. `pki_dir` holds ca.pem/ca.key
-  // (tls::EnsureControllerPki); `clock` decides token expiry.
-  // Metrics: shuttle_controller_enrollments_total{outcome}.
+  // (tls::EnsureControllerPki); `clock` decides token expiry; `answers` decides Authorize;
+  // `audit` stores UploadAudit batches.
+  // Metrics: shuttle_controller_enrollments_total{outcome},
+  // shuttle_controller_authorize_total{outcome="allow"|"deny"|"error"} and
+  // shuttle_controller_authorize_duration_seconds (from the call's arrival to its answer).
   AgentServiceImpl(Store& store, PushManager& push, const Authorizer& authorizer,
                    Executor& executor, Clock& clock, std::string pki_dir,
-                   prometheus::Registry& metrics);
+                   prometheus::Registry& metrics, const AnswerAuthority& answers, AuditLog& audit);
 
   grpc::ServerUnaryReactor* Enroll(grpc::CallbackServerContext* ctx, const v1::EnrollRequest* req,
                                    v1::EnrollResponse* resp) override;
   grpc::ServerBidiReactor<v1::StreamRequest, v1::StreamResponse>* PolicyStream(
       grpc::CallbackServerContext* ctx) override;
+  // Agents only, for their own host (the certificate's); see AnswerAuthority::Authorize.
+  grpc::ServerUnaryReactor* Authorize(grpc::CallbackServerContext* ctx,
+                                      const v1::AuthorizeRequest* req,
+                                      v1::AuthorizeResponse* resp) override;
+  // Agents only, for their own host's records; see AuditLog::Ingest.
+  grpc::ServerUnaryReactor* UploadAudit(grpc::CallbackServerContext* ctx,
+                                        const v1::UploadAuditRequest* req,
+                                        v1::UploadAuditResponse* resp) override;
 
  private:
   absl::StatusOr<v1::EnrollResponse> DoEnroll(const v1::EnrollRequest& request);
@@ -58,6 +73,12 @@ class AgentServiceImpl final : public v1::AgentService::CallbackService {
   Clock& clock_;
   const std::string pki_dir_;
   prometheus::Family<prometheus::Counter>& enrollments_;
+  const AnswerAuthority& answers_;
+  AuditLog& audit_;
+  prometheus::Counter& authorize_allow_;
+  prometheus::Counter& authorize_deny_;
+  prometheus::Counter& authorize_error_;
+  prometheus::Histogram& authorize_seconds_;
 };
 
 }  // namespace shuttle::controller

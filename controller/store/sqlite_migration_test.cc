@@ -196,6 +196,34 @@ TEST_F(SqliteMigrationTest, MigrationListMustBeOrdered) {
   EXPECT_THAT(Open({}), StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("no migrations")));
 }
 
+// A file of the release before the audit log and standing answers (schema 2) gains both on
+// open, keeps its policies and hosts, and the new tables work.
+TEST_F(SqliteMigrationTest, SchemaTwoFileGainsAuditAndAnswers) {
+  {
+    SHUTTLE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<SqliteStore> old,
+                                 Open({SqliteMigrations()[0], SqliteMigrations()[1]}));
+    ASSERT_THAT(old->PutPolicy(MakeWrite("web", "v1"), nullptr), IsOk());
+    HostRecord host;
+    host.host_id = "web-1";
+    ASSERT_THAT(old->PutHost(host), IsOk());
+  }
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(std::unique_ptr<SqliteStore> store,
+                               SqliteStore::Open(DbPath(), clock_));
+  EXPECT_THAT(store->SchemaVersion(), IsOkAndHolds(Eq(4)));
+  EXPECT_THAT(Query("SELECT version, name FROM schema_migrations WHERE version > 2 ORDER BY 1"),
+              ElementsAre("3|audit_log", "4|standing_answers"));
+  EXPECT_THAT(store->GetPolicy("web", 0), IsOk());
+  EXPECT_THAT(store->GetHost("web-1"), IsOk());
+  v1::AuditRecord record;
+  record.set_id("web-1/1/1");
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(AuditPutResult put, store->PutAuditRecords({record}));
+  EXPECT_EQ(put.accepted, 1u);
+  v1::StandingAnswer answer;
+  answer.set_id("a1");
+  EXPECT_THAT(store->PutStandingAnswer(answer, nullptr), IsOk());
+  EXPECT_THAT(store->CheckIntegrity(), IsOk());
+}
+
 TEST_F(SqliteMigrationTest, BuiltInMigrationsAreNumberedFromOne) {
   std::vector<std::pair<int, std::string>> seen;
   for (const SqliteMigration& m : SqliteMigrations()) seen.emplace_back(m.version, m.name);

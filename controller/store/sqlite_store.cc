@@ -9,6 +9,9 @@
 #include <limits>
 #include <utility>
 
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -16,10 +19,13 @@
 #include "absl/strings/string_view.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "google/protobuf/util/time_util.h"
 #include "shuttle/v1/fleet.pb.h"
 
 namespace shuttle::controller {
 namespace {
+
+using ::google::protobuf::util::TimeUtil;
 
 // PRAGMA application_id of a Shuttle controller database ("SHUT"), so a file of another program
 // (which may well have its own schema_migrations table) is refused instead of migrated.
@@ -76,6 +82,45 @@ CREATE TABLE hosts (
   nack_error TEXT NOT NULL,
   nack_unix_micros INTEGER,  -- NULL if never NACKed.
   vms BLOB NOT NULL  -- shuttle.v1.ListHostsResponse holding one HostStatus with only vms set.
+) STRICT;
+)sql"},
+    {3, "audit_log",
+     R"sql(
+-- The audit log: one row per decision an agent uploaded. seq is the order of storage (never
+-- reused: AUTOINCREMENT), what queries sort by and page tokens point at. The record is kept
+-- whole; the columns beside it exist to filter on, each with an index that ends in seq so a
+-- filtered page is read in order.
+CREATE TABLE audit_records (
+  seq INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE CHECK (id <> ''),  -- The agent's idempotency key.
+  time_unix_micros INTEGER NOT NULL,         -- When the decision was made (agent clock).
+  host_id TEXT NOT NULL,
+  subject_vm TEXT NOT NULL,
+  object_vm TEXT NOT NULL,
+  verdict INTEGER NOT NULL,  -- shuttle.v1.Verdict
+  kind INTEGER NOT NULL,     -- shuttle.v1.InteractionKind
+  ingested_unix_micros INTEGER NOT NULL,
+  record BLOB NOT NULL       -- shuttle.v1.AuditRecord, serialized.
+) STRICT;
+CREATE INDEX audit_records_host ON audit_records (host_id, seq);
+CREATE INDEX audit_records_subject_vm ON audit_records (subject_vm, seq);
+CREATE INDEX audit_records_object_vm ON audit_records (object_vm, seq);
+CREATE INDEX audit_records_time ON audit_records (time_unix_micros, seq);
+CREATE INDEX audit_records_verdict ON audit_records (verdict, seq);
+CREATE INDEX audit_records_kind ON audit_records (kind, seq);
+)sql"},
+    {4, "standing_answers",
+     R"sql(
+-- Standing answers to `ask` rules. The selector columns are unique together: one answer per
+-- (subject VM, kind, object VM, object pattern).
+CREATE TABLE standing_answers (
+  id TEXT PRIMARY KEY CHECK (id <> ''),
+  subject_vm TEXT NOT NULL,
+  kind INTEGER NOT NULL,
+  object_vm TEXT NOT NULL,
+  object TEXT NOT NULL,
+  answer BLOB NOT NULL,  -- shuttle.v1.StandingAnswer, serialized.
+  UNIQUE (subject_vm, kind, object_vm, object)
 ) STRICT;
 )sql"},
 };
@@ -168,6 +213,12 @@ class Statement {
     if (rc == SQLITE_DONE) return false;
     status_ = db_.Error(What("step"));
     return status_;
+  }
+  // Makes the statement ready to run again with new bindings (the old ones are cleared).
+  void Reset() {
+    if (stmt_ == nullptr) return;
+    sqlite3_reset(stmt_);
+    sqlite3_clear_bindings(stmt_);
   }
   // Runs a statement that returns no rows (or whose rows don't matter).
   absl::Status Run() {
@@ -872,6 +923,229 @@ absl::StatusOr<std::vector<HostRecord>> SqliteStore::ListHosts() {
     SHUTTLE_ASSIGN_OR_RETURN(HostRecord host, ReadHost(db, s));
     out.push_back(std::move(host));
   }
+}
+
+namespace {
+
+constexpr absl::string_view kAuditTokenPrefix = "seq:";
+
+// Page tokens are opaque to clients: web-safe base64 of "seq:N", N the last sequence returned.
+std::string EncodeAuditPageToken(uint64_t sequence) {
+  return absl::WebSafeBase64Escape(absl::StrCat(kAuditTokenPrefix, sequence));
+}
+
+absl::StatusOr<uint64_t> DecodeAuditPageToken(const std::string& token) {
+  std::string raw;
+  uint64_t sequence = 0;
+  if (!absl::WebSafeBase64Unescape(token, &raw) || !absl::StartsWith(raw, kAuditTokenPrefix) ||
+      !absl::SimpleAtoi(absl::string_view(raw).substr(kAuditTokenPrefix.size()), &sequence) ||
+      sequence > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("page token \"", absl::CHexEscape(token.substr(0, 40)),
+                     "\" is not one this controller issued (pass next_page_token unchanged)"));
+  }
+  return sequence;
+}
+
+int64_t Micros(const google::protobuf::Timestamp& ts) {
+  return TimeUtil::TimestampToMicroseconds(ts);
+}
+
+template <typename Message>
+absl::StatusOr<std::string> Serialize(const Message& message, absl::string_view what) {
+  std::string blob;
+  if (!message.SerializeToString(&blob)) {
+    return absl::InvalidArgumentError(absl::StrCat(what, " does not serialize"));
+  }
+  return blob;
+}
+
+template <typename Message>
+absl::StatusOr<Message> ParseBlob(Db db, absl::string_view blob, absl::string_view what) {
+  Message message;
+  if (blob.size() > static_cast<size_t>(std::numeric_limits<int>::max()) ||
+      !message.ParseFromArray(blob.data(), static_cast<int>(blob.size()))) {
+    return db.Status(absl::StatusCode::kDataLoss,
+                     absl::StrCat(what, ": stored data (", blob.size(), " bytes) does not parse"));
+  }
+  return message;
+}
+
+}  // namespace
+
+absl::StatusOr<AuditPutResult> SqliteStore::PutAuditRecords(
+    const std::vector<v1::AuditRecord>& records) {
+  std::vector<std::string> blobs;
+  blobs.reserve(records.size());
+  for (size_t i = 0; i < records.size(); ++i) {
+    if (records[i].id().empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("audit record #", i, " has no id"));
+    }
+    SHUTTLE_ASSIGN_OR_RETURN(std::string blob,
+                             Serialize(records[i], absl::StrCat("audit record ", records[i].id())));
+    blobs.push_back(std::move(blob));
+  }
+  AuditPutResult result;
+  result.sequences.assign(records.size(), 0);
+  if (records.empty()) return result;
+  absl::MutexLock lock(&mu_);
+  Db db{db_, path_};
+  Transaction tx(db);
+  SHUTTLE_RETURN_IF_ERROR(tx.Begin());
+  const int64_t ingested = absl::ToUnixMicros(clock_.Now());
+  Statement insert(db,
+                   "INSERT INTO audit_records (id, time_unix_micros, host_id, subject_vm, "
+                   "object_vm, verdict, kind, ingested_unix_micros, record) VALUES (?1, ?2, ?3, "
+                   "?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING RETURNING seq");
+  for (size_t i = 0; i < records.size(); ++i) {
+    const v1::AuditRecord& r = records[i];
+    insert.Reset();
+    insert.BindText(1, r.id())
+        .BindInt(2, Micros(r.time()))
+        .BindText(3, r.host_id())
+        .BindText(4, r.interaction().subject_vm())
+        .BindText(5, r.interaction().object_vm())
+        .BindInt(6, r.decision().verdict())
+        .BindInt(7, r.interaction().kind())
+        .BindInt(8, ingested)
+        .BindBlob(9, blobs[i]);
+    SHUTTLE_ASSIGN_OR_RETURN(bool row, insert.Step());
+    if (!row) {
+      ++result.duplicates;
+      continue;
+    }
+    result.sequences[i] = static_cast<uint64_t>(insert.Int(0));
+    ++result.accepted;
+    SHUTTLE_RETURN_IF_ERROR(insert.Run());
+  }
+  SHUTTLE_RETURN_IF_ERROR(tx.Commit());
+  return result;
+}
+
+absl::StatusOr<AuditPage> SqliteStore::QueryAudit(const v1::AuditFilter& filter, uint32_t limit,
+                                                  const std::string& page_token) {
+  if (limit == 0) limit = kDefaultAuditPageSize;
+  if (limit > kMaxAuditPageSize) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("limit ", limit, " is more than the maximum ", kMaxAuditPageSize));
+  }
+  uint64_t after = 0;
+  if (!page_token.empty()) {
+    SHUTTLE_ASSIGN_OR_RETURN(after, DecodeAuditPageToken(page_token));
+  }
+  // Parameters are numbered by what they hold, so the SQL names only the filters that are set.
+  std::string sql = "SELECT seq, record FROM audit_records WHERE seq > ?1";
+  if (!filter.host_id().empty()) absl::StrAppend(&sql, " AND host_id = ?2");
+  if (!filter.vm().empty()) absl::StrAppend(&sql, " AND (subject_vm = ?3 OR object_vm = ?3)");
+  if (filter.has_since()) absl::StrAppend(&sql, " AND time_unix_micros >= ?4");
+  if (filter.verdict() != v1::VERDICT_UNSPECIFIED) absl::StrAppend(&sql, " AND verdict = ?5");
+  if (filter.kind() != v1::INTERACTION_KIND_UNSPECIFIED) absl::StrAppend(&sql, " AND kind = ?6");
+  absl::StrAppend(&sql, " ORDER BY seq LIMIT ?7");
+
+  absl::MutexLock lock(&mu_);
+  Db db{db_, path_};
+  Statement s(db, sql);
+  s.BindInt(1, static_cast<int64_t>(after));
+  if (!filter.host_id().empty()) s.BindText(2, filter.host_id());
+  if (!filter.vm().empty()) s.BindText(3, filter.vm());
+  if (filter.has_since()) s.BindInt(4, Micros(filter.since()));
+  if (filter.verdict() != v1::VERDICT_UNSPECIFIED) s.BindInt(5, filter.verdict());
+  if (filter.kind() != v1::INTERACTION_KIND_UNSPECIFIED) s.BindInt(6, filter.kind());
+  s.BindInt(7, static_cast<int64_t>(limit) + 1);  // One more than asked: are there more?
+  AuditPage page;
+  for (;;) {
+    SHUTTLE_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) break;
+    if (page.records.size() == limit) {
+      page.next_page_token = EncodeAuditPageToken(page.sequences.back());
+      break;
+    }
+    const int64_t sequence = s.Int(0);
+    SHUTTLE_ASSIGN_OR_RETURN(
+        v1::AuditRecord record,
+        ParseBlob<v1::AuditRecord>(db, s.Blob(1), absl::StrCat("audit record seq ", sequence)));
+    page.records.push_back(std::move(record));
+    page.sequences.push_back(static_cast<uint64_t>(sequence));
+  }
+  return page;
+}
+
+absl::Status SqliteStore::PutStandingAnswer(const v1::StandingAnswer& answer, bool* replaced) {
+  if (replaced != nullptr) *replaced = false;
+  if (answer.id().empty()) return absl::InvalidArgumentError("standing answer id is empty");
+  SHUTTLE_ASSIGN_OR_RETURN(std::string blob,
+                           Serialize(answer, absl::StrCat("standing answer ", answer.id())));
+  absl::MutexLock lock(&mu_);
+  Db db{db_, path_};
+  Transaction tx(db);
+  SHUTTLE_RETURN_IF_ERROR(tx.Begin());
+  {
+    Statement same(db,
+                   "SELECT id FROM standing_answers WHERE subject_vm = ?1 AND kind = ?2 AND "
+                   "object_vm = ?3 AND object = ?4 AND id <> ?5");
+    same.BindText(1, answer.subject_vm())
+        .BindInt(2, answer.kind())
+        .BindText(3, answer.object_vm())
+        .BindText(4, answer.object())
+        .BindText(5, answer.id());
+    SHUTTLE_ASSIGN_OR_RETURN(bool row, same.Step());
+    if (row) {
+      return absl::AlreadyExistsError(absl::StrCat("standing answer ", Quote(same.Text(0)),
+                                                   " already answers this subject, kind and "
+                                                   "object; replace or remove it"));
+    }
+  }
+  bool existed = false;
+  {
+    Statement exists(db, "SELECT 1 FROM standing_answers WHERE id = ?1");
+    exists.BindText(1, answer.id());
+    SHUTTLE_ASSIGN_OR_RETURN(existed, exists.Step());
+  }
+  Statement upsert(db,
+                   "INSERT INTO standing_answers (id, subject_vm, kind, object_vm, object, answer) "
+                   "VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO UPDATE SET subject_vm = "
+                   "excluded.subject_vm, kind = excluded.kind, object_vm = excluded.object_vm, "
+                   "object = excluded.object, answer = excluded.answer");
+  upsert.BindText(1, answer.id())
+      .BindText(2, answer.subject_vm())
+      .BindInt(3, answer.kind())
+      .BindText(4, answer.object_vm())
+      .BindText(5, answer.object())
+      .BindBlob(6, blob);
+  SHUTTLE_RETURN_IF_ERROR(upsert.Run());
+  SHUTTLE_RETURN_IF_ERROR(tx.Commit());
+  if (replaced != nullptr) *replaced = existed;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<v1::StandingAnswer>> SqliteStore::ListStandingAnswers() {
+  absl::MutexLock lock(&mu_);
+  Db db{db_, path_};
+  Statement s(db, "SELECT id, answer FROM standing_answers ORDER BY id");
+  std::vector<v1::StandingAnswer> out;
+  for (;;) {
+    SHUTTLE_ASSIGN_OR_RETURN(bool row, s.Step());
+    if (!row) return out;
+    SHUTTLE_ASSIGN_OR_RETURN(
+        v1::StandingAnswer answer,
+        ParseBlob<v1::StandingAnswer>(db, s.Blob(1),
+                                      absl::StrCat("standing answer ", Quote(s.Text(0)))));
+    out.push_back(std::move(answer));
+  }
+}
+
+absl::StatusOr<v1::StandingAnswer> SqliteStore::DeleteStandingAnswer(const std::string& id) {
+  absl::MutexLock lock(&mu_);
+  Db db{db_, path_};
+  Statement s(db, "DELETE FROM standing_answers WHERE id = ?1 RETURNING answer");
+  s.BindText(1, id);
+  SHUTTLE_ASSIGN_OR_RETURN(bool row, s.Step());
+  if (!row) return absl::NotFoundError(absl::StrCat("standing answer ", Quote(id), " not found"));
+  // Read before finishing the statement: the blob is valid only until the next step.
+  absl::StatusOr<v1::StandingAnswer> answer =
+      ParseBlob<v1::StandingAnswer>(db, s.Blob(0), absl::StrCat("standing answer ", Quote(id)));
+  SHUTTLE_RETURN_IF_ERROR(s.Run());
+  return answer;
 }
 
 absl::Status SqliteStore::CheckIntegrity() {

@@ -93,6 +93,13 @@ class SqliteStore final : public Store {
   absl::Status PutHost(const HostRecord& record) override;
   absl::StatusOr<HostRecord> GetHost(const std::string& host_id) override;
   absl::StatusOr<std::vector<HostRecord>> ListHosts() override;
+  absl::StatusOr<AuditPutResult> PutAuditRecords(
+      const std::vector<v1::AuditRecord>& records) override;
+  absl::StatusOr<AuditPage> QueryAudit(const v1::AuditFilter& filter, uint32_t limit,
+                                       const std::string& page_token) override;
+  absl::Status PutStandingAnswer(const v1::StandingAnswer& answer, bool* replaced) override;
+  absl::StatusOr<std::vector<v1::StandingAnswer>> ListStandingAnswers() override;
+  absl::StatusOr<v1::StandingAnswer> DeleteStandingAnswer(const std::string& id) override;
 
   // Runs PRAGMA integrity_check and foreign_key_check over the whole file; DATA_LOSS listing the
   // first problems if either finds any. Reads every page: for tests and operator tools, not for

@@ -1,5 +1,6 @@
 // The controller's state behind one interface (DESIGN.md section 2): policies with their full
-// revision history and the fleet policy version; join tokens and enrolled hosts (issue 4). SQLite
+// revision history and the fleet policy version; join tokens and enrolled hosts; the audit log
+// and the standing answers to `ask` (issue 4). SQLite
 // (embedded, default) implements it now; PostgreSQL (several replicas) later, under the same test
 // suite (store_test_suite.h). Every mutating call is one transaction: it either happens whole or
 // not at all, also across a kill -9 of the process.
@@ -16,6 +17,8 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "shuttle/v1/agent.pb.h"
+#include "shuttle/v1/answers.pb.h"
+#include "shuttle/v1/audit.pb.h"
 #include "shuttle/v1/policy.pb.h"
 
 namespace shuttle::controller {
@@ -56,6 +59,25 @@ struct HostRecord {
   std::optional<absl::Time> nack_time;
   std::vector<v1::VmInfo> vms;  // As last reported (Hello/Heartbeat).
 };
+
+// What PutAuditRecords did with a batch.
+struct AuditPutResult {
+  uint64_t accepted = 0;    // Records newly stored.
+  uint64_t duplicates = 0;  // Records whose id was already stored (or repeated in the batch).
+  // sequences[i]: the sequence number records[i] was stored under; 0 if it was a duplicate.
+  std::vector<uint64_t> sequences;
+};
+
+// One page of audit records, oldest (lowest sequence) first.
+struct AuditPage {
+  std::vector<v1::AuditRecord> records;
+  std::vector<uint64_t> sequences;  // sequences[i] belongs to records[i].
+  std::string next_page_token;      // Empty when there are no more records (for now).
+};
+
+// Limits of QueryAudit.
+inline constexpr uint32_t kDefaultAuditPageSize = 100;
+inline constexpr uint32_t kMaxAuditPageSize = 10000;
 
 // Thread-safe: every method may be called concurrently from gRPC handler threads.
 class Store {
@@ -115,6 +137,39 @@ class Store {
 
   // Every host, ordered by host id.
   virtual absl::StatusOr<std::vector<HostRecord>> ListHosts() = 0;
+
+  // --- Audit log. Each stored record gets a sequence number: increasing in storage order, never
+  // reused, the order of every query and what page tokens point at.
+
+  // Stores a batch in one transaction, idempotent by record id: a record whose id is stored
+  // already (or appeared earlier in the batch) is counted as a duplicate and not stored again.
+  // INVALID_ARGUMENT, storing nothing, if any record has an empty id. The caller checks who may
+  // write which records.
+  virtual absl::StatusOr<AuditPutResult> PutAuditRecords(
+      const std::vector<v1::AuditRecord>& records) = 0;
+
+  // Records matching `filter` (audit.proto: host_id is the record's; vm the interaction's
+  // subject or object VM; since compares record time at microsecond precision; verdict and kind
+  // exact), in sequence order, at most `limit` (0: kDefaultAuditPageSize; more than
+  // kMaxAuditPageSize is INVALID_ARGUMENT), after the record the opaque `page_token` (from an
+  // earlier page's next_page_token; INVALID_ARGUMENT if malformed) points at.
+  virtual absl::StatusOr<AuditPage> QueryAudit(const v1::AuditFilter& filter, uint32_t limit,
+                                               const std::string& page_token) = 0;
+
+  // --- Standing answers to `ask` (answers.proto). The store keeps them as given; validation,
+  // ids, authorship and matching belong to the caller (controller/authz/answers.h).
+
+  // Inserts the answer, or replaces the one with the same id. INVALID_ARGUMENT if the id is
+  // empty; ALREADY_EXISTS naming the other id if an answer with another id has the same
+  // selector (subject_vm, kind, object_vm, object). *replaced (may be null) says whether an
+  // answer with this id existed.
+  virtual absl::Status PutStandingAnswer(const v1::StandingAnswer& answer, bool* replaced) = 0;
+
+  // Every answer, ordered by id.
+  virtual absl::StatusOr<std::vector<v1::StandingAnswer>> ListStandingAnswers() = 0;
+
+  // Removes the answer and returns it as it was; NOT_FOUND if there is none with this id.
+  virtual absl::StatusOr<v1::StandingAnswer> DeleteStandingAnswer(const std::string& id) = 0;
 };
 
 using StorePtr = std::unique_ptr<Store>;

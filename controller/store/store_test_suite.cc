@@ -577,5 +577,314 @@ TEST_P(StoreTest, HostsRoundTripAndKeepFirstSeen) {
   EXPECT_EQ(all[1].host_id, "web-1");
 }
 
+// ----- Audit log -------------------------------------------------------------------------------
+
+v1::AuditRecord MakeAuditRecord(const std::string& id, const std::string& host,
+                                const std::string& subject_vm, const std::string& object_vm,
+                                v1::Verdict verdict, v1::InteractionKind kind, int64_t seconds) {
+  v1::AuditRecord r;
+  r.set_id(id);
+  *r.mutable_time() = TimeUtil::SecondsToTimestamp(seconds);
+  r.set_host_id(host);
+  v1::Interaction* i = r.mutable_interaction();
+  i->set_host_id(host);
+  i->set_subject_vm(subject_vm);
+  i->set_pid(4242);
+  i->set_program("/usr/bin/psql");
+  i->set_uid(1000);
+  i->set_kind(kind);
+  i->set_object_vm(object_vm);
+  i->set_object_name("/run/postgresql/.s.PGSQL.5432");
+  v1::Decision* d = r.mutable_decision();
+  d->set_verdict(verdict);
+  d->set_scope(v1::CROSS_VM);
+  d->set_policy("webapp");
+  d->set_rule("web-to-db");
+  d->set_policy_version(7);
+  d->set_enforced(true);
+  *r.mutable_latency() = TimeUtil::MicrosecondsToDuration(35);
+  return r;
+}
+
+v1::AuditRecord SimpleRecord(const std::string& id, int64_t seconds = 1'700'000'000) {
+  return MakeAuditRecord(id, "web-1", "web", "db", v1::VERDICT_ALLOW, v1::UNIX_CONNECT, seconds);
+}
+
+std::vector<std::string> Ids(const std::vector<v1::AuditRecord>& records) {
+  std::vector<std::string> out;
+  out.reserve(records.size());
+  for (const v1::AuditRecord& r : records) out.push_back(r.id());
+  return out;
+}
+
+// Every record matching `filter`, following page tokens with pages of `page_size`.
+absl::StatusOr<std::vector<v1::AuditRecord>> QueryAll(Store& store, const v1::AuditFilter& filter,
+                                                      uint32_t page_size) {
+  std::vector<v1::AuditRecord> out;
+  std::string token;
+  for (int pages = 0; pages < 1000; ++pages) {
+    absl::StatusOr<AuditPage> page = store.QueryAudit(filter, page_size, token);
+    if (!page.ok()) return page.status();
+    out.insert(out.end(), page->records.begin(), page->records.end());
+    if (page->next_page_token.empty()) return out;
+    token = page->next_page_token;
+  }
+  return absl::InternalError("page tokens never end");
+}
+
+TEST_P(StoreTest, AuditPutIsIdempotentById) {
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(
+      AuditPutResult first, store_->PutAuditRecords({SimpleRecord("h/1/1"), SimpleRecord("h/1/2"),
+                                                     SimpleRecord("h/1/3")}));
+  EXPECT_EQ(first.accepted, 3u);
+  EXPECT_EQ(first.duplicates, 0u);
+  ASSERT_THAT(first.sequences, SizeIs(3));
+  EXPECT_GT(first.sequences[0], 0u);
+  EXPECT_LT(first.sequences[0], first.sequences[1]);
+  EXPECT_LT(first.sequences[1], first.sequences[2]);
+
+  // A retried batch (the agent never saw the answer) plus one new record.
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(
+      AuditPutResult retry, store_->PutAuditRecords({SimpleRecord("h/1/2"), SimpleRecord("h/1/3"),
+                                                     SimpleRecord("h/1/4")}));
+  EXPECT_EQ(retry.accepted, 1u);
+  EXPECT_EQ(retry.duplicates, 2u);
+  ASSERT_THAT(retry.sequences, SizeIs(3));
+  EXPECT_EQ(retry.sequences[0], 0u);
+  EXPECT_EQ(retry.sequences[1], 0u);
+  EXPECT_GT(retry.sequences[2], first.sequences[2]);
+
+  // The same id twice in one batch is stored once.
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(
+      AuditPutResult twice,
+      store_->PutAuditRecords({SimpleRecord("h/1/5"), SimpleRecord("h/1/5")}));
+  EXPECT_EQ(twice.accepted, 1u);
+  EXPECT_EQ(twice.duplicates, 1u);
+
+  // A batch with a record without id stores nothing, not even its good records.
+  EXPECT_THAT(store_->PutAuditRecords({SimpleRecord("h/1/6"), SimpleRecord("")}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("#1 has no id")));
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(AuditPutResult empty, store_->PutAuditRecords({}));
+  EXPECT_EQ(empty.accepted + empty.duplicates, 0u);
+
+  // What is stored reads back whole, in storage order, also after a restart.
+  store_.reset();
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(store_, OpenAgain());
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(AuditPage page, store_->QueryAudit({}, 0, ""));
+  EXPECT_THAT(Ids(page.records), ElementsAre("h/1/1", "h/1/2", "h/1/3", "h/1/4", "h/1/5"));
+  EXPECT_TRUE(page.next_page_token.empty());
+  ASSERT_THAT(page.sequences, SizeIs(5));
+  EXPECT_EQ(page.sequences[0], first.sequences[0]);
+  EXPECT_EQ(page.sequences[3], retry.sequences[2]);
+  EXPECT_TRUE(MessageDifferencer::Equals(page.records[0], SimpleRecord("h/1/1")));
+  // A restart does not make old ids new.
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(AuditPutResult after,
+                               store_->PutAuditRecords({SimpleRecord("h/1/1")}));
+  EXPECT_EQ(after.duplicates, 1u);
+}
+
+TEST_P(StoreTest, AuditConcurrentUploadsOfOneBatchStoreEachRecordOnce) {
+  // Two stores on the same data (replicas) and four uploaders racing with the same records.
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(StorePtr other, OpenAgain());
+  std::vector<v1::AuditRecord> batch;
+  for (int i = 0; i < 40; ++i) batch.push_back(SimpleRecord(absl::StrCat("h/1/", i)));
+  constexpr int kThreads = 4;
+  std::vector<absl::StatusOr<AuditPutResult>> results(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back(
+        [&, t] { results[t] = (t % 2 ? *other : *store_).PutAuditRecords(batch); });
+  }
+  for (std::thread& t : threads) t.join();
+  uint64_t accepted = 0;
+  uint64_t duplicates = 0;
+  for (const auto& r : results) {
+    ASSERT_THAT(r, IsOk());
+    accepted += r->accepted;
+    duplicates += r->duplicates;
+  }
+  EXPECT_EQ(accepted, 40u);
+  EXPECT_EQ(duplicates, 40u * (kThreads - 1));
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(std::vector<v1::AuditRecord> all, QueryAll(*store_, {}, 7));
+  EXPECT_THAT(all, SizeIs(40));
+}
+
+TEST_P(StoreTest, AuditQueryFilters) {
+  const int64_t t0 = 1'700'000'000;
+  ASSERT_THAT(
+      store_->PutAuditRecords({
+          MakeAuditRecord("a", "web-1", "web", "db", v1::VERDICT_ALLOW, v1::UNIX_CONNECT, t0),
+          MakeAuditRecord("b", "web-1", "web", "host", v1::VERDICT_DENY, v1::SIGNAL, t0 + 10),
+          MakeAuditRecord("c", "db-1", "db", "web", v1::VERDICT_DENY, v1::UNIX_CONNECT, t0 + 20),
+          MakeAuditRecord("d", "db-1", "cache", "db", v1::VERDICT_REDIRECT, v1::TCP_CONNECT,
+                          t0 + 30),
+          // Stored last but decided first: order is storage order, not decision time.
+          MakeAuditRecord("e", "web-1", "cache", "", v1::VERDICT_ALLOW, v1::MQ_OPEN, t0 - 5),
+      }),
+      IsOk());
+  auto ids = [&](const v1::AuditFilter& filter) -> std::vector<std::string> {
+    absl::StatusOr<AuditPage> page = store_->QueryAudit(filter, 0, "");
+    EXPECT_THAT(page, IsOk());
+    return page.ok() ? Ids(page->records) : std::vector<std::string>{"error"};
+  };
+  v1::AuditFilter f;
+  EXPECT_THAT(ids(f), ElementsAre("a", "b", "c", "d", "e"));
+  f.set_host_id("web-1");
+  EXPECT_THAT(ids(f), ElementsAre("a", "b", "e"));
+  f.Clear();
+  f.set_vm("web");  // Subject or object VM.
+  EXPECT_THAT(ids(f), ElementsAre("a", "b", "c"));
+  f.set_vm("db");
+  EXPECT_THAT(ids(f), ElementsAre("a", "c", "d"));
+  f.set_vm("host");
+  EXPECT_THAT(ids(f), ElementsAre("b"));
+  f.Clear();
+  *f.mutable_since() = TimeUtil::SecondsToTimestamp(t0 + 20);  // At or after.
+  EXPECT_THAT(ids(f), ElementsAre("c", "d"));
+  f.Clear();
+  f.set_verdict(v1::VERDICT_DENY);
+  EXPECT_THAT(ids(f), ElementsAre("b", "c"));
+  f.Clear();
+  f.set_kind(v1::UNIX_CONNECT);
+  EXPECT_THAT(ids(f), ElementsAre("a", "c"));
+  // Every set field must match.
+  f.set_vm("web");
+  f.set_host_id("db-1");
+  f.set_verdict(v1::VERDICT_DENY);
+  *f.mutable_since() = TimeUtil::SecondsToTimestamp(t0);
+  EXPECT_THAT(ids(f), ElementsAre("c"));
+  f.set_kind(v1::SIGNAL);
+  EXPECT_THAT(ids(f), IsEmpty());
+  f.Clear();
+  f.set_host_id("nope");
+  EXPECT_THAT(ids(f), IsEmpty());
+}
+
+TEST_P(StoreTest, AuditQueryPages) {
+  std::vector<v1::AuditRecord> batch;
+  for (int i = 0; i < 25; ++i) {
+    batch.push_back(MakeAuditRecord(absl::StrCat("r", i), "web-1", "web", "db",
+                                    i % 2 ? v1::VERDICT_DENY : v1::VERDICT_ALLOW, v1::UNIX_CONNECT,
+                                    1'700'000'000 + i));
+  }
+  ASSERT_THAT(store_->PutAuditRecords(batch), IsOk());
+
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(AuditPage p1, store_->QueryAudit({}, 10, ""));
+  ASSERT_THAT(p1.records, SizeIs(10));
+  EXPECT_EQ(p1.records[0].id(), "r0");
+  ASSERT_FALSE(p1.next_page_token.empty());
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(AuditPage p2, store_->QueryAudit({}, 10, p1.next_page_token));
+  ASSERT_THAT(p2.records, SizeIs(10));
+  EXPECT_EQ(p2.records[0].id(), "r10");
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(AuditPage p3, store_->QueryAudit({}, 10, p2.next_page_token));
+  EXPECT_THAT(Ids(p3.records), ElementsAre("r20", "r21", "r22", "r23", "r24"));
+  EXPECT_TRUE(p3.next_page_token.empty());
+  EXPECT_GT(p2.sequences.front(), p1.sequences.back());
+
+  // Exactly a page full: no token, since there is nothing more.
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(AuditPage whole, store_->QueryAudit({}, 25, ""));
+  EXPECT_THAT(whole.records, SizeIs(25));
+  EXPECT_TRUE(whole.next_page_token.empty());
+
+  // A token stays valid while records are added: the next page continues after it.
+  ASSERT_THAT(store_->PutAuditRecords({SimpleRecord("late")}), IsOk());
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(AuditPage p3b, store_->QueryAudit({}, 10, p2.next_page_token));
+  EXPECT_THAT(Ids(p3b.records), ElementsAre("r20", "r21", "r22", "r23", "r24", "late"));
+
+  // Paging a filtered query visits exactly the matching records, in order.
+  v1::AuditFilter denied;
+  denied.set_verdict(v1::VERDICT_DENY);
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(std::vector<v1::AuditRecord> all_denied,
+                               QueryAll(*store_, denied, 4));
+  ASSERT_THAT(all_denied, SizeIs(12));
+  EXPECT_EQ(all_denied.front().id(), "r1");
+  EXPECT_EQ(all_denied.back().id(), "r23");
+
+  EXPECT_THAT(store_->QueryAudit({}, kMaxAuditPageSize + 1, ""),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("limit")));
+  EXPECT_THAT(store_->QueryAudit({}, 10, "not-a-token"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("page token")));
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(AuditPage max, store_->QueryAudit({}, kMaxAuditPageSize, ""));
+  EXPECT_THAT(max.records, SizeIs(26));
+}
+
+TEST_P(StoreTest, AuditDefaultPageIsOneHundred) {
+  std::vector<v1::AuditRecord> batch;
+  for (int i = 0; i < 101; ++i) batch.push_back(SimpleRecord(absl::StrCat("r", i)));
+  ASSERT_THAT(store_->PutAuditRecords(batch), IsOk());
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(AuditPage page, store_->QueryAudit({}, 0, ""));
+  EXPECT_THAT(page.records, SizeIs(kDefaultAuditPageSize));
+  EXPECT_FALSE(page.next_page_token.empty());
+}
+
+// ----- Standing answers --------------------------------------------------------------------------
+
+v1::StandingAnswer MakeAnswer(const std::string& id, const std::string& subject_vm,
+                              const std::string& object, v1::Verdict verdict) {
+  v1::StandingAnswer a;
+  a.set_id(id);
+  a.set_subject_vm(subject_vm);
+  a.set_kind(v1::UNIX_CONNECT);
+  a.set_object_vm("*");
+  a.set_object(object);
+  a.set_verdict(verdict);
+  *a.mutable_ttl() = TimeUtil::SecondsToDuration(30);
+  a.set_note("ticket 12");
+  a.set_author("alice");
+  *a.mutable_created() = TimeUtil::SecondsToTimestamp(1'700'000'000);
+  return a;
+}
+
+TEST_P(StoreTest, StandingAnswersCrud) {
+  EXPECT_THAT(store_->ListStandingAnswers(), IsOkAndHolds(IsEmpty()));
+  bool replaced = true;
+  ASSERT_THAT(store_->PutStandingAnswer(MakeAnswer("b", "web", "/run/db.sock", v1::VERDICT_ALLOW),
+                                        &replaced),
+              IsOk());
+  EXPECT_FALSE(replaced);
+  ASSERT_THAT(store_->PutStandingAnswer(MakeAnswer("a", "*", "/run/*", v1::VERDICT_DENY), nullptr),
+              IsOk());
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(std::vector<v1::StandingAnswer> listed,
+                               store_->ListStandingAnswers());
+  ASSERT_THAT(listed, SizeIs(2));
+  EXPECT_EQ(listed[0].id(), "a");  // By id.
+  EXPECT_TRUE(MessageDifferencer::Equals(
+      listed[1], MakeAnswer("b", "web", "/run/db.sock", v1::VERDICT_ALLOW)));
+
+  // Replacing by id, also with a new selector.
+  v1::StandingAnswer changed = MakeAnswer("b", "web", "/run/db2.sock", v1::VERDICT_DENY);
+  ASSERT_THAT(store_->PutStandingAnswer(changed, &replaced), IsOk());
+  EXPECT_TRUE(replaced);
+  // Another id with the same selector is refused, naming the answer that has it.
+  EXPECT_THAT(store_->PutStandingAnswer(MakeAnswer("c", "web", "/run/db2.sock", v1::VERDICT_ALLOW),
+                                        nullptr),
+              StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr("\"b\"")));
+  // The same selector for another kind is another answer.
+  v1::StandingAnswer signal = MakeAnswer("c", "web", "/run/db2.sock", v1::VERDICT_ALLOW);
+  signal.set_kind(v1::SIGNAL);
+  EXPECT_THAT(store_->PutStandingAnswer(signal, nullptr), IsOk());
+  EXPECT_THAT(store_->PutStandingAnswer(MakeAnswer("", "web", "/x", v1::VERDICT_ALLOW), nullptr),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("id is empty")));
+
+  store_.reset();
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(store_, OpenAgain());
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(listed, store_->ListStandingAnswers());
+  ASSERT_THAT(listed, SizeIs(3));
+  EXPECT_TRUE(MessageDifferencer::Equals(listed[1], changed));
+
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(v1::StandingAnswer removed, store_->DeleteStandingAnswer("b"));
+  EXPECT_TRUE(MessageDifferencer::Equals(removed, changed));
+  EXPECT_THAT(store_->DeleteStandingAnswer("b"),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("\"b\" not found")));
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(listed, store_->ListStandingAnswers());
+  ASSERT_THAT(listed, SizeIs(2));
+  EXPECT_EQ(listed[0].id(), "a");
+  EXPECT_EQ(listed[1].id(), "c");
+  // Its selector is free again.
+  EXPECT_THAT(store_->PutStandingAnswer(MakeAnswer("d", "web", "/run/db2.sock", v1::VERDICT_ALLOW),
+                                        nullptr),
+              IsOk());
+}
+
 }  // namespace
 }  // namespace shuttle::controller::testing

@@ -3,7 +3,8 @@
 # Hermetic: a temporary data dir, port 0 for gRPC and metrics (read back from --port-file), and
 # the controller is always stopped on exit. Covers the policy plane end to end: apply, ls, get,
 # history, rollback, rm, validate, explain, JSON output, roles (admin/viewer), foreign and
-# missing client certificates, /metrics, and persistence across a restart.
+# missing client certificates, standing answers to `ask` (answer set/ls/rm), the (empty) audit
+# log (audit, -o json, --follow ended by Ctrl-C), /metrics, and persistence across a restart.
 #
 # usage: cli_controller_test.sh SHUTTLE_CONTROLLER SHUTTLECTL SOURCE_DIR
 set -uo pipefail
@@ -312,12 +313,86 @@ expect_exit 1 "no client cert hosts" --no-client-cert hosts
 err_has "no client cert hosts" 'UNAUTHENTICATED'
 pass "token create prints a join token (admin only); hosts answers"
 
+# ----- standing answers to `ask` ---------------------------------------------------------------
+expect_ok "answer ls empty" answer ls
+out_has "answer ls empty" '^ID +VM +KIND +OBJECT +VERDICT +TTL +EXPIRES +AUTHOR +CREATED +NOTE$'
+expect_ok "answer set" answer set --vm web --kind unix-connect --object '/run/*' --object-vm db \
+  --verdict allow --ttl 2m --note INC-1
+out_has "answer set" '^added answer ans-[0-9a-f]{8}: web unix-connect db:/run/\* -> allow \(ttl 2m, expires never\)$'
+ANSWER_ID=$(sed -n 's/^added answer \(ans-[0-9a-f]*\):.*/\1/p' "$WORK/out")
+[ -n "$ANSWER_ID" ] || fail "answer set printed no answer id"
+expect_ok "answer set again" answer set --vm web --kind unix-connect --object '/run/*' \
+  --object-vm db --verdict deny
+out_has "answer set again" "^replaced answer $ANSWER_ID: web unix-connect db:/run/\\* -> deny \\(ttl default,"
+expect_ok "answer set with id" answer set --id any-signal --vm '*' --kind signal --object '*' \
+  --verdict deny --expires 1h -o json
+json_check "answer set with id" \
+  'd["answer"]["id"] == "any-signal" and d["answer"]["author"] == "admin" and not d["replaced"]'
+expect_ok "answer ls" answer ls
+# Replaced whole: the note and ttl of the first set are gone.
+out_has "answer ls" "^$ANSWER_ID +web +unix-connect +db:/run/\\* +deny +default +never +admin +[0-9T:-]+Z +-$"
+out_has "answer ls" '^any-signal +\* +signal +\*:\* +deny +default +[0-9T:-]+Z +admin '
+expect_ok "answer ls json" answer ls -o json
+json_check "answer ls json" \
+  'sorted(a["id"] for a in d["answers"]) == sorted(["any-signal", "'"$ANSWER_ID"'"])'
+pass "answer set adds, and replaces the answer with the same VM, kind and objects; answer ls"
+
+expect_exit 1 "answer set redirect" answer set --vm web --kind signal --object 1 --verdict redirect
+err_has "answer set redirect" '^shuttlectl: answer set: --verdict must be allow or deny'
+expect_exit 1 "answer set bad vm" answer set --vm 'we b' --kind signal --object 1 --verdict allow
+err_has "answer set bad vm" 'INVALID_ARGUMENT: subject_vm'
+expect_exit 2 "answer set missing verdict" answer set --vm web --kind signal --object 1
+expect_exit 1 "viewer answer set" "${VIEWER[@]}" answer set --vm web --kind signal --object 1 \
+  --verdict allow
+err_has "viewer answer set" '^shuttlectl: answer set: PERMISSION_DENIED: '
+expect_ok "viewer answer ls" "${VIEWER[@]}" answer ls
+out_has "viewer answer ls" '^any-signal '
+expect_ok "answer rm" answer rm "$ANSWER_ID"
+out_has "answer rm" "^removed answer $ANSWER_ID$"
+expect_exit 1 "answer rm again" answer rm "$ANSWER_ID"
+err_has "answer rm again" "^shuttlectl: answer rm: NOT_FOUND: standing answer \"$ANSWER_ID\" not found"
+pass "answer: bad input and roles refused in one line; answer rm"
+
+# ----- audit (records themselves: controller/service/ask_audit_integration_test) -----------------
+expect_ok "audit empty" audit
+out_has "audit empty" '^TIME +HOST +VM +PID +PROGRAM +KIND +OBJECT +VERDICT +ENFORCED +RULE +VERSION +LATENCY$'
+[ "$(wc -l <"$WORK/out")" -eq 1 ] || fail "audit on an empty log printed more than the header"
+expect_ok "audit json" audit -o json --vm web --since 10m --verdict deny --kind unix-connect
+json_check "audit json" 'd["records"] == [] and d["nextPageToken"] == ""'
+expect_ok "viewer audit" "${VIEWER[@]}" audit --host web-9 --since 2024-05-01T12:00:00Z
+expect_exit 1 "audit limit too big" audit --limit 10001
+err_has "audit limit too big" 'INVALID_ARGUMENT: limit 10001'
+expect_exit 1 "no client cert audit" --no-client-cert audit
+err_has "no client cert audit" '^shuttlectl: audit: UNAUTHENTICATED'
+pass "audit on an empty log: table header, -o json, filters, roles"
+
+"$CTL" --controller "127.0.0.1:$GRPC_PORT" --data-dir "$DATA" audit --follow \
+  >"$WORK/follow.out" 2>"$WORK/follow.err" &
+FOLLOW_PID=$!
+for _ in $(seq 1 300); do  # 30 s at most
+  [ -s "$WORK/follow.out" ] && break
+  kill -0 "$FOLLOW_PID" 2>/dev/null || break
+  sleep 0.1
+done
+grep -q '^TIME  HOST  VM' "$WORK/follow.out" || fail "audit --follow printed no header"
+kill -INT "$FOLLOW_PID"
+follow_rc=0
+wait "$FOLLOW_PID" || follow_rc=$?
+[ "$follow_rc" -eq 0 ] || fail "audit --follow exited $follow_rc on SIGINT (want 0): $(cat "$WORK/follow.err")"
+[ -s "$WORK/follow.err" ] && fail "audit --follow wrote to stderr: $(cat "$WORK/follow.err")"
+pass "audit --follow runs until SIGINT and then exits 0"
+
 # ----- metrics ---------------------------------------------------------------------------------
 curl -sf --max-time 10 "http://127.0.0.1:$METRICS_PORT/metrics" >"$WORK/out" 2>"$WORK/err" ||
   fail "curl /metrics failed"
 out_has "/metrics" '^shuttle_grpc_requests_total\{.*method="[^"]*List[^"]*"'
 out_has "/metrics" '^shuttle_grpc_requests_total\{.*method="[^"]*Apply[^"]*"'
-pass "/metrics has shuttle_grpc_requests_total with method labels"
+out_has "/metrics" '^shuttle_controller_authorize_total\{outcome="allow"\} 0$'
+out_has "/metrics" '^shuttle_controller_authorize_duration_seconds_count 0$'
+out_has "/metrics" '^shuttle_controller_audit_records_ingested_total 0$'
+out_has "/metrics" '^shuttle_controller_audit_duplicates_total 0$'
+out_has "/metrics" '^shuttle_controller_audit_followers 0$'
+pass "/metrics has shuttle_grpc_requests_total with method labels, and the ask/audit metrics"
 
 # ----- rm, restart, persistence ----------------------------------------------------------------
 expect_ok "apply keeper" policy apply -f "$TESTDATA/keeper.yaml"
@@ -346,9 +421,11 @@ expect_ok "get keeper after restart" policy get keeper
 out_is_file "get keeper after restart" "$TESTDATA/keeper.yaml"
 expect_ok "history after restart" policy history webapp -o json
 json_check "history after restart" 'len(d["revisions"]) == 4 and d["revisions"][3]["deleted"]'
+expect_ok "answers after restart" answer ls -o json
+json_check "answers after restart" '[a["id"] for a in d["answers"]] == ["any-signal"]'
 expect_ok "rollback after restart" policy rollback webapp --to 2
 out_has "rollback after restart" 'now revision 5'
-pass "a restarted controller on the same data dir keeps policies and history"
+pass "a restarted controller on the same data dir keeps policies, history and answers"
 
 stop_controller
 echo "$passed passed, 0 failed"

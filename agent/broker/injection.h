@@ -1,0 +1,69 @@
+// The broker's side of the intercepted caller: what it reads about the caller (its identity, the
+// socket it is connecting) and how it hands a brokered descriptor to it through the seccomp
+// listener (SECCOMP_IOCTL_NOTIF_ADDFD), answering the pending call in the same step.
+//
+// For connect(): the brokered, already connected socket replaces the caller's own socket under
+// the same fd number (ADDFD with SECCOMP_ADDFD_FLAG_SETFD), keeping the caller's close-on-exec
+// flag, O_NONBLOCK and send/receive timeouts, and then connect() returns 0. For mq_open(): the
+// queue descriptor is installed and returned as the call's result in one atomic step
+// (SECCOMP_ADDFD_FLAG_SEND). libseccomp 2.5.4 has no wrapper for either: raw ioctls.
+//
+// Every function here is thread-safe and never blocks (a few syscalls each); the notification
+// must be pending (received, not yet answered) and is checked with NOTIF_ID_VALID before
+// anything read from the caller's pid is trusted. `tid` is the notification's pid (a thread id
+// in the agent's PID namespace).
+#ifndef SHUTTLE_AGENT_BROKER_INJECTION_H_
+#define SHUTTLE_AGENT_BROKER_INJECTION_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "agent/broker/broker.h"
+#include "agent/intercept/unique_fd.h"
+
+namespace shuttle::agent::broker {
+
+// The socket an intercepted connect() was called on.
+struct CallerSocket {
+  int family = 0;            // SO_DOMAIN
+  int type = 0;              // SO_TYPE (SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET)
+  int protocol = 0;          // SO_PROTOCOL
+  bool nonblocking = false;  // O_NONBLOCK status flag.
+  bool cloexec = false;      // FD_CLOEXEC on the caller's fd.
+};
+
+// The effective uid and gid and the supplementary groups of thread `tid` (/proc/TID/status), to
+// pass as OpenOptions::as. NOT_FOUND if the thread is gone.
+absl::StatusOr<Credentials> ReadCallerCredentials(pid_t tid);
+
+// What the caller's fd `fd` is. NOT_FOUND if the thread is gone or the fd is not open,
+// FAILED_PRECONDITION (ENOTSOCK) if it is not a socket. Use `type` to choose the request type
+// (UnixPathRequest::type etc.) before brokering.
+absl::StatusOr<CallerSocket> InspectCallerSocket(pid_t tid, int fd);
+
+// Answers the pending connect() notification `notif_id` on seccomp listener `listener_fd` (not
+// owned) by putting `brokered` (a connected socket, consumed) in place of the caller's socket
+// `caller_fd` and making connect() return 0. Fails, leaving the notification pending for the
+// caller to answer (FailNotification), with FAILED_PRECONDITION and EPROTOTYPE if the caller's
+// socket is of another family, type or protocol than `brokered`, EISCONN if the caller's stream
+// socket is already connected, NOT_FOUND if the caller is gone (nothing left to answer).
+absl::Status InjectConnectedSocket(int listener_fd, uint64_t notif_id, pid_t tid, int caller_fd,
+                                   UniqueFd brokered);
+
+// Answers the pending notification `notif_id` by installing `fd` (consumed) in the caller as a new
+// descriptor with `newfd_flags` (O_CLOEXEC or 0) and returning its number as the syscall's result
+// (e.g. mq_open: whose descriptors are always close-on-exec). Returns that number. NOT_FOUND if
+// the caller is gone.
+absl::StatusOr<int> InjectAsResult(int listener_fd, uint64_t notif_id, UniqueFd fd,
+                                   uint32_t newfd_flags);
+
+// Answers the pending notification `notif_id` with failure `error` (positive errno, e.g. from
+// ErrnoForStatus). NOT_FOUND if the caller is gone.
+absl::Status FailNotification(int listener_fd, uint64_t notif_id, int error);
+
+}  // namespace shuttle::agent::broker
+
+#endif  // SHUTTLE_AGENT_BROKER_INJECTION_H_

@@ -20,10 +20,13 @@
 #include <cerrno>
 #include <climits>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <utility>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
@@ -912,6 +915,41 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> LoadClientCredentials(
   return creds;
 }
 
+namespace {
+
+// Identities of verified peer certificates, by their exact PEM. Parsing a certificate was most
+// of the controller's CPU per Authorize call (bench/fleet_sim.cc), and a fleet has one
+// certificate per agent, each presented on every call of its channel. Bounded: cleared whole
+// when full, so a flood of distinct certificates costs parsing again, never memory.
+class PeerIdentityCache {
+ public:
+  static constexpr size_t kMaxEntries = 16384;
+
+  std::optional<PeerIdentity> Find(absl::string_view pem) const {
+    absl::ReaderMutexLock lock(&mu_);
+    auto it = entries_.find(pem);
+    if (it == entries_.end()) return std::nullopt;
+    return it->second;
+  }
+
+  void Insert(absl::string_view pem, const PeerIdentity& id) {
+    absl::MutexLock lock(&mu_);
+    if (entries_.size() >= kMaxEntries) entries_.clear();
+    entries_.emplace(std::string(pem), id);
+  }
+
+ private:
+  mutable absl::Mutex mu_;
+  absl::flat_hash_map<std::string, PeerIdentity> entries_ ABSL_GUARDED_BY(mu_);
+};
+
+PeerIdentityCache& IdentityCache() {
+  static auto* cache = new PeerIdentityCache();  // Never destroyed: handlers may run at exit.
+  return *cache;
+}
+
+}  // namespace
+
 absl::StatusOr<PeerIdentity> PeerIdentityFromAuthContext(const grpc::AuthContext& auth) {
   const std::vector<grpc::string_ref> certs =
       auth.FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME);
@@ -919,8 +957,12 @@ absl::StatusOr<PeerIdentity> PeerIdentityFromAuthContext(const grpc::AuthContext
     return absl::UnauthenticatedError("peer presented no client certificate");
   }
   const absl::string_view pem(certs.front().data(), certs.front().size());
+  // The handshake verified this certificate; its identity depends on its bytes alone.
+  if (std::optional<PeerIdentity> known = IdentityCache().Find(pem)) return *std::move(known);
   SHUTTLE_ASSIGN_OR_RETURN(X509Ptr cert, ParseCert(pem, "peer certificate"));
-  return IdentityFromCert(cert.get(), "peer certificate");
+  SHUTTLE_ASSIGN_OR_RETURN(PeerIdentity id, IdentityFromCert(cert.get(), "peer certificate"));
+  IdentityCache().Insert(pem, id);
+  return id;
 }
 
 }  // namespace shuttle::tls

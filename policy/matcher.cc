@@ -416,6 +416,9 @@ absl::StatusOr<std::shared_ptr<const CompiledPolicy>> CompiledPolicy::Compile(
       problems.push_back(Cat("policy '", selected[i]->name(), "' appears more than once"));
     }
     for (const v1::ValidationError& error : ValidatePolicy(*selected[i])) {
+      // A host's bundle keeps a policy whose rules all name other hosts' VMs, without rules
+      // (push::HostBundle): nothing to compile for it here. Only an authored policy needs one.
+      if (selected[i]->rules().empty() && error.field() == "rules") continue;
       problems.push_back(CompileError(*selected[i], error));
     }
   }
@@ -556,5 +559,9 @@ size_t CompiledPolicy::rule_count() const { return index_->rules.size(); }
 const std::vector<CompiledRule>& CompiledPolicy::rules() const { return index_->rules; }
 bool CompiledPolicy::uses_programs() const { return index_->uses_programs; }
 bool CompiledPolicy::uses_uids() const { return index_->uses_uids; }
+bool CompiledPolicy::has_rules_for(v1::InteractionKind kind) const {
+  const size_t k = static_cast<size_t>(kind);
+  return k < index_->buckets.size() && !index_->buckets[k].empty();
+}
 
 }  // namespace shuttle::policy

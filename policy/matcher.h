@@ -102,8 +102,9 @@ struct Explanation {
 class CompiledPolicy {
  public:
   // Compiles every policy of `bundle` whose `hosts` selector matches `host_id` (empty host_id:
-  // every policy). Validates each policy first (ValidatePolicy); on any error returns
-  // INVALID_ARGUMENT naming policy and rule, and nothing is half-applied.
+  // every policy). Validates each policy first (ValidatePolicy), except that a policy without
+  // rules is accepted (a host's bundle carries one when all its rules are for other VMs); on any
+  // error returns INVALID_ARGUMENT naming policy and rule, and nothing is half-applied.
   static absl::StatusOr<std::shared_ptr<const CompiledPolicy>> Compile(
       const v1::PolicyBundle& bundle, std::string_view host_id = "");
 
@@ -128,6 +129,9 @@ class CompiledPolicy {
   bool uses_programs() const;
   // True if some rule names a uid (subject.uid); when false, InteractionView::uid is ignored.
   bool uses_uids() const;
+  // True if some rule lists `kind`. When false, every interaction of that kind gets the default
+  // for its scope, whoever the subject is (the agent then skips finding out the subject's VM).
+  bool has_rules_for(v1::InteractionKind kind) const;
 
   ~CompiledPolicy();
 

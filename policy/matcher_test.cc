@@ -509,6 +509,24 @@ TEST(Compile, RejectsInvalidPoliciesNamingPolicyAndRule) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("more than once")));
 }
 
+TEST(Compile, AcceptsAPolicyLeftWithoutRulesInAHostBundle) {
+  // What the controller sends a host without VM `web` for a policy of web-only rules.
+  v1::PolicyBundle bundle;
+  bundle.set_version(4);
+  *bundle.add_policies() = MustParse(
+      "name: p\nrules:\n  - { name: r, subject: { vm: web }, kind: signal, action: allow }\n");
+  bundle.mutable_policies(0)->clear_rules();
+  absl::StatusOr<std::shared_ptr<const CompiledPolicy>> compiled =
+      CompiledPolicy::Compile(bundle, "db-host");
+  ASSERT_TRUE(compiled.ok()) << compiled.status();
+  EXPECT_EQ((*compiled)->rule_count(), 0u);
+  EXPECT_EQ((*compiled)->version(), 4u);
+  // The rest of such a policy is still checked.
+  bundle.mutable_policies(0)->set_name("Bad Name");
+  EXPECT_THAT(CompiledPolicy::Compile(bundle, "db-host"),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("not a valid policy name")));
+}
+
 TEST(Compile, EmptyBundleDecidesByDefaults) {
   absl::StatusOr<std::shared_ptr<const CompiledPolicy>> compiled =
       CompiledPolicy::Compile(v1::PolicyBundle());
@@ -816,6 +834,38 @@ rules:
 )"});
   ASSERT_NE(without_uid, nullptr);
   EXPECT_FALSE(without_uid->uses_uids());
+}
+
+// has_rules_for() lets the agent skip resolving the subject's VM: false must mean that no
+// subject can get anything but the default for that kind.
+TEST(HasRulesFor, TrueExactlyForTheKindsRulesList) {
+  auto none = MustCompile({});
+  ASSERT_NE(none, nullptr);
+  EXPECT_FALSE(none->has_rules_for(v1::UNIX_CONNECT));
+  auto some = MustCompile({R"(name: k
+rules:
+  - name: r
+    subject: { vm: "*" }
+    kinds: [tcp-connect, udp-send]
+    object: { address: "127.0.0.1:5432" }
+    action: allow
+)"});
+  ASSERT_NE(some, nullptr);
+  EXPECT_TRUE(some->has_rules_for(v1::TCP_CONNECT));
+  EXPECT_TRUE(some->has_rules_for(v1::UDP_SEND));
+  EXPECT_FALSE(some->has_rules_for(v1::SIGNAL));
+  EXPECT_FALSE(some->has_rules_for(v1::UNIX_CONNECT));
+  EXPECT_FALSE(some->has_rules_for(v1::INTERACTION_KIND_UNSPECIFIED));
+  // And the default it promises: an intra-VM call of a kind without rules is allowed for anyone.
+  for (const char* vm : {"web", "db", "host"}) {
+    InteractionView view;
+    view.subject_vm = vm;
+    view.kind = v1::UNIX_CONNECT;
+    view.object_name = "/run/app.sock";
+    Verdict v = some->Decide(view);
+    EXPECT_EQ(v.verdict, v1::VERDICT_ALLOW) << vm;
+    EXPECT_EQ(v.scope, v1::INTRA_VM) << vm;
+  }
 }
 
 TEST(UsesPrograms, TrueOnlyIfSomeRuleNamesAProgram) {

@@ -194,8 +194,18 @@ rc=$?
 set -e
 echo "(the client exited $rc: denied, as the policy says)"
 
+step "The audit log" \
+  "The agent spooled the cross-VM decision on disk and uploaded it; the controller stores it and" \
+  "shuttlectl audit queries it (also --follow, --vm, --host, --since, --verdict)."
+# The upload is batched (up to ~200 ms) and retried: wait, bounded, until the record is stored.
+for _ in $(seq 1 100); do
+  "$CTL" audit --host demo-host --verdict deny -o json 2>/dev/null | grep -q '"subjectVm": *"web"' && break
+  sleep 0.1
+done
+ctl audit --host demo-host
+
 step "The agent's metrics" "Every intercepted call is counted by kind, scope and verdict."
-curl -s "127.0.0.1:$AGENT_METRICS/metrics" | grep -E '^shuttle_agent_(decisions_total|policy_version)'
+curl -s "127.0.0.1:$AGENT_METRICS/metrics" | grep -E '^shuttle_agent_(decisions_total|policy_version|audit_uploaded_total)'
 
 step "Remove the VMs and stop the agent" "vm rm leaves no mount, process or namespace behind."
 kill "$SERVER_PID" 2>/dev/null || true

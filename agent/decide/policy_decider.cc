@@ -184,6 +184,10 @@ prometheus::Counter& PolicyDecider::DecisionCounter(v1::InteractionKind kind, v1
   return *counter;
 }
 
+bool PolicyDecider::SubjectMatters(v1::InteractionKind kind) const {
+  return holder_.Get()->has_rules_for(kind);
+}
+
 intercept::Answer PolicyDecider::Decide(const intercept::InterceptedCall& call) {
   auto start = std::chrono::steady_clock::now();
   std::shared_ptr<const policy::CompiledPolicy> compiled = holder_.Get();

@@ -57,6 +57,8 @@ class PolicyDecider final : public intercept::Decider {
   PolicyDecider(const PolicyHolder& holder, prometheus::Registry& metrics);
 
   intercept::Answer Decide(const intercept::InterceptedCall& call) override;
+  // Whether the current policy has any rule of `kind` (CompiledPolicy::has_rules_for).
+  bool SubjectMatters(v1::InteractionKind kind) const override;
 
   // Sends `ask` rules to the controller through `asker`, with answers cached in `cache` (both
   // borrowed). Without it (a standalone agent) every ask is decided by its rule's fail mode

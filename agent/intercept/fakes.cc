@@ -74,8 +74,14 @@ void FakeVmResolver::Set(pid_t pid, std::string vm) {
   vms_[pid] = std::move(vm);
 }
 
+int FakeVmResolver::lookups() const {
+  absl::MutexLock lock(&mu_);
+  return lookups_;
+}
+
 std::optional<std::string> FakeVmResolver::VmOfPid(pid_t pid) const {
   absl::MutexLock lock(&mu_);
+  ++lookups_;
   auto it = vms_.find(pid);
   if (it == vms_.end()) return std::nullopt;
   return it->second;
@@ -99,6 +105,16 @@ std::vector<RecordingDecider::Seen> RecordingDecider::seen() const {
 size_t RecordingDecider::count() const {
   absl::MutexLock lock(&mu_);
   return seen_.size();
+}
+
+void RecordingDecider::SubjectIrrelevant(v1::InteractionKind kind) {
+  absl::MutexLock lock(&mu_);
+  subject_irrelevant_.insert(kind);
+}
+
+bool RecordingDecider::SubjectMatters(v1::InteractionKind kind) const {
+  absl::MutexLock lock(&mu_);
+  return subject_irrelevant_.count(kind) == 0;
 }
 
 Answer RecordingDecider::Decide(const InterceptedCall& call) {

@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -72,10 +73,12 @@ class FakeVmResolver final : public VmResolver {
  public:
   void Set(pid_t pid, std::string vm);
   std::optional<std::string> VmOfPid(pid_t pid) const override;
+  int lookups() const;  // VmOfPid calls so far.
 
  private:
   mutable absl::Mutex mu_;
   std::map<pid_t, std::string> vms_ ABSL_GUARDED_BY(mu_);
+  mutable int lookups_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 // Records every call it is asked about and answers from a table keyed by object name
@@ -95,13 +98,17 @@ class RecordingDecider final : public Decider {
   void Deny(std::string name, int error);
   // Calls of `kind` fail with `error` (a name rule wins over a kind rule).
   void DenyKind(v1::InteractionKind kind, int error);
+  // Calls of `kind` are decided the same whatever the subject's VM (SubjectMatters false).
+  void SubjectIrrelevant(v1::InteractionKind kind);
   std::vector<Seen> seen() const;
   size_t count() const;
 
   Answer Decide(const InterceptedCall& call) override;
+  bool SubjectMatters(v1::InteractionKind kind) const override;
 
  private:
   mutable absl::Mutex mu_;
+  std::set<v1::InteractionKind> subject_irrelevant_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, int, std::less<>> deny_ ABSL_GUARDED_BY(mu_);
   std::map<v1::InteractionKind, int> deny_kind_ ABSL_GUARDED_BY(mu_);
   std::vector<Seen> seen_ ABSL_GUARDED_BY(mu_);

@@ -526,6 +526,20 @@ TEST_F(InterceptDecoderTest, VmComesFromTheKernelNotTheChannel) {
   EXPECT_EQ(handler_.stats().vm_mismatch.load(), 1u);
 }
 
+TEST_F(InterceptDecoderTest, VmIsNotResolvedWhenNoRuleCouldUseIt) {
+  vms_.Set(kPid, "db");
+  decider_.SubjectIrrelevant(v1::UNIX_CONNECT);
+  ExpectContinue(Connect(UnixAddr("/run/app.sock")));
+  EXPECT_EQ(vms_.lookups(), 0);
+  EXPECT_EQ(OnlySeen().subject_vm, OnlySeen().channel_vm);
+  EXPECT_EQ(handler_.stats().vm_from_channel.load(), 1u);
+  EXPECT_EQ(handler_.stats().vm_mismatch.load(), 0u);
+  // Another kind still asks the kernel.
+  Deliver(Call(SYS_kill, {1, 0}), true, /*channel=*/"web");
+  EXPECT_EQ(vms_.lookups(), 1);
+  EXPECT_EQ(decider_.seen().back().subject_vm, "db");
+}
+
 TEST_F(InterceptDecoderTest, UnknownVmIsReportedEmpty) {
   SyscallEvent e = Call(SYS_kill, {1, 0});
   e.pid = 999;

@@ -71,7 +71,7 @@ Response InterceptHandler::Handle(const SyscallEvent& event, std::string_view ch
         std::memcmp(obj.name_buf, last_name_, last_len) == 0) {
       continue;
     }
-    if (!resolved) {
+    if (!resolved && decider_.SubjectMatters(obj.kind)) {
       vm = vms_.VmOfPid(event.pid);
       resolved = true;
     }
@@ -80,7 +80,9 @@ Response InterceptHandler::Handle(const SyscallEvent& event, std::string_view ch
       Bump(stats_.gone);
       return Response{Response::Kind::kDrop, 0};
     }
-    if (!vm.has_value()) {
+    if (!resolved) {
+      Bump(stats_.vm_from_channel);
+    } else if (!vm.has_value()) {
       Bump(stats_.vm_unknown);
     } else if (*vm != channel_vm) {
       uint64_t n = stats_.vm_mismatch.fetch_add(1, std::memory_order_relaxed) + 1;
@@ -91,7 +93,11 @@ Response InterceptHandler::Handle(const SyscallEvent& event, std::string_view ch
       }
     }
     InterceptedCall call;
-    if (vm.has_value()) call.subject_vm = *vm;
+    if (!resolved) {
+      call.subject_vm = channel_vm;
+    } else if (vm.has_value()) {
+      call.subject_vm = *vm;
+    }
     call.channel_vm = channel_vm;
     call.pid = event.pid;
     call.event = &event;

@@ -29,6 +29,8 @@ struct InterceptStats {
   std::atomic<uint64_t> gone{0};             // Caller died or gave up while we looked.
   std::atomic<uint64_t> vm_unknown{0};       // VmResolver knew no VM for the caller.
   std::atomic<uint64_t> vm_mismatch{0};      // Caller's VM != the channel's VM.
+  // Decided for the channel's VM without resolving the caller's (Decider::SubjectMatters).
+  std::atomic<uint64_t> vm_from_channel{0};
 };
 
 class InterceptHandler final : public NotificationHandler {

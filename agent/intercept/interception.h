@@ -102,6 +102,17 @@ class Decider {
   // that needs I/O is deferred: call.Defer(), return Answer::Deferred(), Finish() the reply when
   // the I/O completes. The views in `call` are valid only during the call.
   virtual Answer Decide(const InterceptedCall& call) = 0;
+
+  // False if the answer for an interaction of `kind` is the same whatever VM its subject is in
+  // (the policy has no rule of that kind: every such call stays in the caller's VM, allowed).
+  // The handler then skips resolving the subject's VM (a few /proc reads per call, a large part
+  // of an intercepted call's cost) and passes the channel's VM, which is also the kernel's word:
+  // only processes that inherited the filter installed in that VM report on that channel.
+  // Called on the loop thread just before Decide(); must be as cheap as a flag test.
+  virtual bool SubjectMatters(v1::InteractionKind kind) const {
+    (void)kind;
+    return true;
+  }
 };
 
 // What a backend offers the handler about the notification being handled.

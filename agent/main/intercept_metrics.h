@@ -47,7 +47,8 @@ class InterceptMetrics final : public prometheus::Collectable {
              {"inspect_error", load(handler_.inspect_errors)},
              {"gone", load(handler_.gone)},
              {"vm_unknown", load(handler_.vm_unknown)},
-             {"vm_mismatch", load(handler_.vm_mismatch)}});
+             {"vm_mismatch", load(handler_.vm_mismatch)},
+             {"vm_from_channel", load(handler_.vm_from_channel)}});
     counter("shuttle_agent_seccomp_events_total", "Seccomp notification channel events",
             {{"received", load(source_.received)},
              {"recv_error", load(source_.recv_errors)},

@@ -296,7 +296,21 @@ void PushManager::OnNack(uint64_t session, const v1::StreamRequest::Nack& nack) 
 void PushManager::HandleAck(uint64_t session, const v1::StreamRequest::Ack& ack) {
   absl::MutexLock lock(&mu_);
   auto it = sessions_.find(session);
-  if (it == sessions_.end()) return;
+  if (it == sessions_.end()) {
+    // The stream ended after sending this ACK: the agent runs that version now.
+    auto ended = ended_.find(session);
+    if (ended == ended_.end() || ended->second.inflight.nonce != ack.nonce() ||
+        ended->second.inflight.version != ack.version()) {
+      return;
+    }
+    HostState& host = hosts_[ended->second.host_id];
+    ack_seconds_.Observe(absl::ToDoubleSeconds(clock_.Now() - ended->second.inflight.sent));
+    host.acked_bundle = ended->second.inflight.bundle;
+    host.record.acked_version = ended->second.inflight.version;
+    ended_.erase(ended);
+    SaveHost(host);
+    return;
+  }
   Session& s = it->second;
   HostState& host = hosts_[s.host_id];
   if (!s.inflight.has_value() || s.inflight->nonce != ack.nonce()) {
@@ -376,6 +390,14 @@ void PushManager::Disconnect(uint64_t session) {
     host.session = 0;
     host.record.last_seen = clock_.Now();
     SaveHost(host);
+  }
+  if (it->second.inflight.has_value()) {
+    ended_[session] = EndedSession{it->second.host_id, *it->second.inflight};
+    // Queued behind the stream's ACKs and NACKs already on the worker.
+    worker_.Run([this, session] {
+      absl::MutexLock lock(&mu_);
+      ended_.erase(session);
+    });
   }
   sessions_.erase(it);
   connected_.Decrement();

@@ -198,6 +198,13 @@ class PushManager {
       ABSL_GUARDED_BY(mu_);
   std::map<std::string, HostState> hosts_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, Session> sessions_ ABSL_GUARDED_BY(mu_);
+  // The push in flight of sessions that ended, until the worker has handled whatever their
+  // stream delivered before it ended: an ACK sent just before a disconnect still counts.
+  struct EndedSession {
+    std::string host_id;
+    Inflight inflight;
+  };
+  std::map<uint64_t, EndedSession> ended_ ABSL_GUARDED_BY(mu_);
   uint64_t next_session_ ABSL_GUARDED_BY(mu_) = 1;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
 

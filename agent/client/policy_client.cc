@@ -117,6 +117,9 @@ std::shared_ptr<grpc::Channel> PolicyClient::NewChannel() const {
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, Millis(options_.backoff.initial));
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, Millis(options_.backoff.initial));
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, Millis(options_.backoff.max));
+  // A full snapshot for a host with many policies can exceed gRPC's 4 MiB default; refusing it
+  // would end the stream before the agent could even NACK, and every reconnect would repeat it.
+  args.SetMaxReceiveMessageSize(static_cast<int>(kMaxPolicyBundleBytes));
   return grpc::CreateCustomChannel(options_.controller_address, options_.credentials, args);
 }
 

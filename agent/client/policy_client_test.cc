@@ -168,6 +168,24 @@ TEST_F(PolicyClientTest, HelloThenFullPushIsEnforcedPersistedAndAcked) {
   EXPECT_EQ(client->state().acks, 1u);
 }
 
+TEST_F(PolicyClientTest, FullSnapshotLargerThanGrpcsDefaultLimitIsTaken) {
+  PolicyHolder holder;
+  prometheus::Registry registry;
+  std::unique_ptr<PolicyClient> client = NewClient(holder, registry, Options());
+  client->Start();
+  ExpectHello();
+
+  // Over gRPC's default 4 MiB receive limit, which would end the stream at every reconnect.
+  v1::Policy big = MakePolicy("a", "r1");
+  big.set_description(std::string(size_t{5} << 20, 'x'));
+  controller_.Send(FullPush(5, "n5", {big}));
+  v1::StreamRequest reply = ExpectReply();
+  ASSERT_TRUE(reply.has_ack()) << reply.DebugString().substr(0, 200);
+  EXPECT_EQ(reply.ack().version(), 5u);
+  EXPECT_EQ(holder.Get()->version(), 5u);
+  EXPECT_EQ(controller_.sessions(), 1);
+}
+
 TEST_F(PolicyClientTest, UncompilablePushIsNackedAndThePreviousVersionStays) {
   PolicyHolder holder;
   prometheus::Registry registry;

@@ -14,13 +14,6 @@
 #include "common/status_macros.h"
 
 namespace shuttle::agent {
-namespace {
-
-// Bundles are small, but a whole fleet's policies for one host may exceed 1 MiB.
-constexpr size_t kMaxSnapshotBytes = 256u << 20;
-
-}  // namespace
-
 std::string LastGoodPolicyPath(const std::string& data_dir) {
   return data_dir + "/policy/last-good.pb";
 }
@@ -82,10 +75,10 @@ absl::StatusOr<v1::PolicyBundle> LoadPolicySnapshot(const std::string& path) {
     }
     if (n == 0) break;
     bytes.append(buf, static_cast<size_t>(n));
-    if (bytes.size() > kMaxSnapshotBytes) {
+    if (bytes.size() > kMaxPolicyBundleBytes) {
       ::close(fd);
-      return absl::DataLossError(
-          absl::StrCat("policy snapshot ", path, ": larger than ", kMaxSnapshotBytes, " bytes"));
+      return absl::DataLossError(absl::StrCat("policy snapshot ", path, ": larger than ",
+                                              kMaxPolicyBundleBytes, " bytes"));
     }
   }
   ::close(fd);

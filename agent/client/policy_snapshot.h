@@ -4,6 +4,7 @@
 #ifndef SHUTTLE_AGENT_CLIENT_POLICY_SNAPSHOT_H_
 #define SHUTTLE_AGENT_CLIENT_POLICY_SNAPSHOT_H_
 
+#include <cstddef>
 #include <memory>
 #include <string>
 
@@ -13,6 +14,10 @@
 #include "shuttle/v1/types.pb.h"
 
 namespace shuttle::agent {
+
+// The largest bundle the agent takes, from the controller (a push; gRPC's default of 4 MiB is
+// far less than a whole fleet's policies for one host may need) or from disk.
+inline constexpr size_t kMaxPolicyBundleBytes = size_t{256} << 20;
 
 // DATA_DIR/policy/last-good.pb: a serialized v1::PolicyBundle, written atomically.
 std::string LastGoodPolicyPath(const std::string& data_dir);

@@ -36,7 +36,7 @@ bool IsName(absl::string_view name, size_t max_length) {
 }
 
 absl::Status CheckVm(absl::string_view field, std::string& vm) {
-  if (vm.empty()) vm = kAnyVm;
+  if (vm.empty()) vm.push_back(kAnyVm[0]);  // Not `vm = kAnyVm`: g++ 12 -Wrestrict false positive.
   if (vm == kAnyVm || vm == "host" || IsName(vm, kMaxVmLength)) return absl::OkStatus();
   return absl::InvalidArgumentError(
       absl::StrCat(field, " '", absl::CHexEscape(vm.substr(0, kMaxVmLength)),

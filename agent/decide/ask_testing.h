@@ -24,6 +24,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "agent/decide/ask_client.h"
+#include "agent/decide/decide_testing.h"
 #include "agent/intercept/interception.h"
 #include "policy/matcher.h"
 #include "policy/parser.h"
@@ -70,18 +71,7 @@ rules:
 inline intercept::Answer DecideUnixConnect(intercept::Decider& decider, std::string_view path,
                                            intercept::NotificationScope* scope,
                                            std::string_view vm = "web") {
-  intercept::ObjectInfo object;
-  object.kind = v1::UNIX_CONNECT;
-  object.name_len = std::min(path.size(), sizeof(object.name_buf));
-  std::memcpy(object.name_buf, path.data(), object.name_len);
-  intercept::SyscallEvent event;
-  intercept::InterceptedCall call;
-  call.subject_vm = vm;
-  call.pid = getpid();
-  call.event = &event;
-  call.object = &object;
-  call.deferral = scope;
-  return decider.Decide(call);
+  return DecideCall(decider, vm, v1::UNIX_CONNECT, path, scope);
 }
 
 // Compiles one YAML policy as bundle `version`; null (and the errors in `*error`) if it fails.

@@ -8,6 +8,7 @@
 
 #include "absl/time/clock.h"
 #include "agent/audit/audit_testing.h"
+#include "agent/decide/decide_testing.h"
 #include "agent/decide/policy_decider.h"
 #include "agent/decide/policy_holder.h"
 #include "gtest/gtest.h"
@@ -68,17 +69,7 @@ class DeciderAuditTest : public ::testing::Test {
   }
 
   intercept::Answer Decide(const char* vm, v1::InteractionKind kind, const char* name) {
-    intercept::ObjectInfo object;
-    object.kind = kind;
-    object.name_len = std::strlen(name);
-    std::memcpy(object.name_buf, name, object.name_len);
-    intercept::SyscallEvent event;
-    intercept::InterceptedCall call;
-    call.subject_vm = vm;
-    call.pid = ::getpid();
-    call.event = &event;
-    call.object = &object;
-    return decider_.Decide(call);
+    return testing::DecideCall(decider_, vm, kind, name);
   }
 
   PolicyHolder holder_;

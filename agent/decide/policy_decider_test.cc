@@ -6,6 +6,7 @@
 #include <cstring>
 #include <string>
 
+#include "agent/decide/decide_testing.h"
 #include "agent/decide/policy_holder.h"
 #include "gtest/gtest.h"
 #include "policy/parser.h"
@@ -52,17 +53,7 @@ class PolicyDeciderTest : public ::testing::Test {
   PolicyDeciderTest() : decider_(holder_, metrics_) { holder_.Set(Compile(kPolicy)); }
 
   intercept::Answer Decide(const char* vm, v1::InteractionKind kind, const char* name) {
-    intercept::ObjectInfo object;
-    object.kind = kind;
-    object.name_len = std::strlen(name);
-    std::memcpy(object.name_buf, name, object.name_len);
-    intercept::SyscallEvent event;
-    intercept::InterceptedCall call;
-    call.subject_vm = vm;
-    call.pid = getpid();
-    call.event = &event;
-    call.object = &object;
-    return decider_.Decide(call);
+    return testing::DecideCall(decider_, vm, kind, name);
   }
 
   std::string Scrape() { return prometheus::TextSerializer().Serialize(metrics_.Collect()); }

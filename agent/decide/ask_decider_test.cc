@@ -43,7 +43,7 @@ constexpr absl::Duration kWait = absl::Seconds(10);
 class AskDeciderTest : public ::testing::Test {
  protected:
   AskDeciderTest() : cache_(CacheOptions()), decider_(holder_, metrics_) {
-    holder_.SetObserver([this](const std::shared_ptr<const policy::CompiledPolicy>& compiled) {
+    holder_.AddObserver([this](const std::shared_ptr<const policy::CompiledPolicy>& compiled) {
       cache_.OnPolicy(*compiled);
     });
     std::string error;

@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "policy/matcher.h"
@@ -23,20 +24,23 @@ class PolicyHolder {
   using Observer = std::function<void(const std::shared_ptr<const policy::CompiledPolicy>&)>;
 
   std::shared_ptr<const policy::CompiledPolicy> Get() const { return current_.load(); }
-  // Swaps in `compiled`, then tells the observer (on this thread).
+  // Swaps in `compiled`, then tells the observers (on this thread, in the order they were
+  // added).
   void Set(std::shared_ptr<const policy::CompiledPolicy> compiled) {
     current_.store(compiled);
-    if (observer_) observer_(compiled);
+    for (const Observer& observer : observers_) observer(compiled);
   }
 
-  // Called after every Set() with the new snapshot, on the setter's thread (e.g. the ask cache
-  // dropping the answers of rules that changed). Set it once, before any Set() can run
-  // concurrently; the observer must be thread-safe and must not call Set().
-  void SetObserver(Observer observer) { observer_ = std::move(observer); }
+  // Adds an observer, called after every Set() with the new snapshot, on the setter's thread
+  // (e.g. the ask cache dropping the answers of rules that changed; the sharing of FIFOs and shm
+  // files following the policy). Add them all before any Set() can run concurrently; an
+  // observer must be thread-safe, must not call Set(), and should return quickly (hand slow
+  // work, such as mounts, to its own thread).
+  void AddObserver(Observer observer) { observers_.push_back(std::move(observer)); }
 
  private:
   std::atomic<std::shared_ptr<const policy::CompiledPolicy>> current_;
-  Observer observer_;
+  std::vector<Observer> observers_;
 };
 
 // Reads one YAML policy file (same format as the controller's) and compiles the part that

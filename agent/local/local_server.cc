@@ -17,6 +17,7 @@
 
 #include "absl/strings/numbers.h"
 #include "agent/intercept/launcher.h"
+#include "agent/local/run_in_vm.h"
 #include "common/logging.h"
 #include "common/seqpacket.h"
 #include "google/protobuf/util/time_util.h"
@@ -252,8 +253,6 @@ void LocalServer::HandleRun(int conn, const v1::LocalRequest::Run& run, const Pe
   if (run.argv_size() == 0 || run.argv(0).empty()) {
     return fail(absl::InvalidArgumentError("run: no command given"));
   }
-  absl::StatusOr<VmInfo> vm = vms_.Get(run.vm());
-  if (!vm.ok()) return fail(vm.status());
   absl::StatusOr<User> user =
       ResolveUser(run.user().empty() ? std::to_string(peer.uid) : run.user());
   if (!user.ok()) return fail(user.status());
@@ -264,7 +263,6 @@ void LocalServer::HandleRun(int conn, const v1::LocalRequest::Run& run, const Pe
 
   intercept::LaunchSpec spec;
   spec.launcher_path = options_.launcher_path;
-  spec.init_pid = vm->init_pid;
   spec.uid = user->uid;
   spec.gid = user->gid;
   spec.groups = user->groups;
@@ -274,24 +272,10 @@ void LocalServer::HandleRun(int conn, const v1::LocalRequest::Run& run, const Pe
   spec.stdin_fd = stdio[0].get();
   spec.stdout_fd = stdio[1].get();
   spec.stderr_fd = stdio[2].get();
-  absl::StatusOr<intercept::LaunchedProcess> launched = intercept::StartLaunch(spec);
+  absl::StatusOr<intercept::LaunchedProcess> launched =
+      RunInVm(vms_, source_, run.vm(), std::move(spec));
   if (!launched.ok()) return fail(launched.status());
   stdio.clear();  // The launcher has its own copies; the program's I/O never passes through us.
-
-  // The VM's init keeps a duplicate so a restarted agent can take the listener back.
-  absl::Status deposited = vms_.DepositFd(run.vm(), launched->listener.get());
-  if (!deposited.ok()) {
-    SHUTTLE_LOG(WARNING) << "vm " << run.vm() << ": could not deposit listener with init ("
-                         << deposited << "); the process will not survive an agent restart";
-  }
-  absl::Status added = source_.Add(std::move(launched->listener), run.vm());
-  if (!added.ok()) {
-    // Nobody would answer its calls: do not let it run unserved.
-    ::kill(launched->launcher_pid, SIGKILL);
-    siginfo_t info{};
-    ::waitid(static_cast<idtype_t>(P_PIDFD), launched->launcher_pidfd.get(), &info, WEXITED);
-    return fail(added);
-  }
   requests_.Add({{"request", "run"}, {"code", "OK"}}).Increment();
   SHUTTLE_LOG(INFO) << "run in vm " << run.vm() << " as uid " << user->uid << ": " << run.argv(0)
                     << " (pid " << launched->process_pid << ") for pid " << peer.pid;
@@ -325,13 +309,11 @@ void LocalServer::HandleRun(int conn, const v1::LocalRequest::Run& run, const Pe
       }
     }
   }
-  siginfo_t info{};
-  if (::waitid(static_cast<idtype_t>(P_PIDFD), launched->launcher_pidfd.get(), &info, WEXITED) !=
-      0) {
+  int exit_code = WaitLaunched(*launched);
+  if (exit_code < 0) {
     SHUTTLE_LOG(ERROR) << ErrnoText("waitid launcher");
     return;
   }
-  int exit_code = info.si_code == CLD_EXITED ? info.si_status : 128 + info.si_status;
   if (!client_gone) {
     v1::LocalResponse exited;
     exited.mutable_run_exited()->set_exit_code(exit_code);

@@ -240,7 +240,7 @@ absl::Status Run(const sigset_t& signals) {
   AskCache ask_cache;
   std::unique_ptr<GrpcAsker> asker;  // With --controller: Authorize for `ask` rules.
   PolicyHolder policy;
-  policy.SetObserver([&ask_cache](const auto& compiled) {
+  policy.AddObserver([&ask_cache](const auto& compiled) {
     size_t dropped = ask_cache.OnPolicy(*compiled);
     if (dropped > 0) {
       SHUTTLE_LOG(INFO) << "policy version " << compiled->version() << ": dropped " << dropped

@@ -52,6 +52,7 @@
 #include "bench/echo.grpc.pb.h"
 #include "bench/sim_fleet.h"
 #include "common/flags.h"
+#include "common/runtime.h"
 #include "common/status_macros.h"
 #include "common/tls.h"
 #include "controller/service/agent_service.h"
@@ -264,11 +265,24 @@ struct Report {
   struct Run {
     char what;  // 'A' or 'E'.
     LoadResult result;
+    // CPU time (user + system) the serving process (controller or echo server) used during the
+    // run: with the throughput, what one call costs the server. Less swayed by a noisy
+    // neighbour than calls/s, which depends on how much CPU the server was given.
+    double server_cpu_seconds = 0;
+    // During echo runs: the controller's CPU time meanwhile, i.e. what serving the connected
+    // agents alone costs it (keepalives, heartbeats), the background Authorize competes with.
+    double controller_background_cpu_seconds = 0;
   };
   std::vector<Run> runs;
   std::string throughput_note;
   std::vector<std::string> failures;  // Whatever failed to run.
 };
+
+// Server CPU microseconds per call of one run (0 when nothing was measured).
+double CpuMicrosPerCall(const Report::Run& run) {
+  return run.result.calls > 0 ? run.server_cpu_seconds * 1e6 / static_cast<double>(run.result.calls)
+                              : 0;
+}
 
 class FleetBench {
  public:
@@ -674,7 +688,12 @@ absl::Status FleetBench::Throughput(Report& report) {
   absl::Status status;
   auto run = [&](char what, const LoadOptions& options, bool keep) {
     absl::StatusOr<PromHistogram> handler = ScrapeHistogram(kAuthorizeHistogram);
+    const pid_t server = what == 'A' ? controller_->pid() : echo_->pid();
+    const double cpu_before = CpuSeconds(server);
+    const double controller_before = CpuSeconds(controller_->pid());
     LoadResult result = RunClosedLoop(what == 'A' ? call_authorize : call_echo, options);
+    const double server_cpu = CpuSeconds(server) - cpu_before;
+    const double background = what == 'E' ? CpuSeconds(controller_->pid()) - controller_before : 0;
     if (what == 'A' && keep) AddInterval(kAuthorizeHistogram, handler, report.authorize, report);
     if (!result.drained) {
       (void)authz_responses.release();
@@ -687,7 +706,7 @@ absl::Status FleetBench::Throughput(Report& report) {
                        absl::StrCat(what == 'A' ? "AgentService.Authorize" : "Echo", ": ",
                                     result.errors, " calls failed; first: ", result.first_error));
     }
-    if (keep) report.runs.push_back({what, result});
+    if (keep) report.runs.push_back({what, result, server_cpu, background});
     return status.ok();
   };
   // Warm both up, then A,E pairs: each pair's ratio compares runs seconds apart, so a noisy
@@ -793,11 +812,18 @@ void PrintReport(Report& report) {
                 absl::FormatDuration(absl::GetFlag(FLAGS_duration)).c_str(),
                 report.throughput_note.c_str());
     for (const Report::Run& run : report.runs) {
-      std::printf("  %-9s %9.0f calls/s  (%llu calls; latency p50 %s, p99 %s)\n",
-                  run.what == 'A' ? "Authorize" : "Echo", run.result.calls_per_second,
-                  static_cast<unsigned long long>(run.result.calls),
-                  FormatMillis(run.result.p50_seconds).c_str(),
-                  FormatMillis(run.result.p99_seconds).c_str());
+      std::printf(
+          "  %-9s %9.0f calls/s  (%llu calls; latency p50 %s, p99 %s; server CPU %.1f us/call)\n",
+          run.what == 'A' ? "Authorize" : "Echo", run.result.calls_per_second,
+          static_cast<unsigned long long>(run.result.calls),
+          FormatMillis(run.result.p50_seconds).c_str(),
+          FormatMillis(run.result.p99_seconds).c_str(), CpuMicrosPerCall(run));
+      const double window = absl::ToDoubleSeconds(absl::GetFlag(FLAGS_duration));
+      if (run.what == 'E' && window > 0) {
+        std::printf(
+            "            controller meanwhile (agents connected, no calls): %.1f%% of a core\n",
+            100 * run.controller_background_cpu_seconds / window);
+      }
       (run.what == 'A' ? authz : echo) += run.result.calls_per_second;
       ++(run.what == 'A' ? authz_runs : echo_runs);
     }
@@ -829,11 +855,15 @@ void PrintReport(Report& report) {
     echo /= echo_runs;
     // Runs come as (A, E) pairs: the ratio is the median of the pairs' ratios.
     std::vector<double> pair_ratios;
+    std::vector<double> cpu_ratios;  // Echo's server CPU per call / Authorize's, per pair.
     for (size_t i = 0; i + 1 < report.runs.size(); i += 2) {
       const Report::Run& a = report.runs[i];
       const Report::Run& e = report.runs[i + 1];
       if (a.what == 'A' && e.what == 'E' && e.result.calls_per_second > 0) {
         pair_ratios.push_back(a.result.calls_per_second / e.result.calls_per_second);
+        if (CpuMicrosPerCall(a) > 0) {
+          cpu_ratios.push_back(CpuMicrosPerCall(e) / CpuMicrosPerCall(a));
+        }
       }
     }
     const double ratio = pair_ratios.empty() ? 0 : Percentile(pair_ratios, 0.5);
@@ -845,6 +875,13 @@ void PrintReport(Report& report) {
     PrintResult(absl::StrCat("authorize_echo_ratio (median of ", pair_ratios.size(), " pairs)"),
                 absl::StrFormat("%.3f", ratio), absl::StrFormat(">= %.2f", want),
                 ratio >= want ? "PASS" : "MISS");
+    if (!cpu_ratios.empty()) {
+      // Informational: how the servers' CPU cost per call compares (echo / Authorize); on an
+      // idle machine the throughput ratio tends to it.
+      PrintResult(absl::StrCat("server_cpu_per_call_echo_over_authorize (median of ",
+                               cpu_ratios.size(), " pairs)"),
+                  absl::StrFormat("%.3f", Percentile(cpu_ratios, 0.5)), "-", "");
+    }
   }
   for (const std::string& failure : report.failures) {
     std::printf("FAILED: %s\n", failure.c_str());
@@ -970,6 +1007,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> normalized = shuttle::NormalizeFlagNames(argc, argv);
   std::vector<char*> normalized_argv = shuttle::FlagArgv(normalized);
   absl::ParseCommandLine(static_cast<int>(normalized.size()), normalized_argv.data());
+  shuttle::ConfigureRuntimeForProduction();
   if (absl::GetFlag(FLAGS_serve_echo)) {
     absl::Status status = shuttle::bench::ServeEcho();
     if (!status.ok()) {

@@ -5,11 +5,16 @@
 #include <prometheus/family.h>
 #include <prometheus/histogram.h>
 
+#include <array>
+#include <atomic>
 #include <chrono>
 #include <exception>
+#include <memory>
+#include <string>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -20,6 +25,18 @@ namespace {
 
 constexpr size_t kMaxMethodLabels = 200;
 constexpr char kOtherMethod[] = "other";
+// grpc::StatusCode values 0 (OK) .. 16 (UNAUTHENTICATED).
+constexpr size_t kStatusCodes = 17;
+
+// The metrics of one method, resolved once: the per-call path does no label lookup, no
+// allocation and takes no family lock (prometheus-cpp's Family::Add builds a label map and
+// locks the family on every call, which was a visible part of a small RPC's cost).
+struct MethodMetrics {
+  std::string label;
+  prometheus::Histogram* duration = nullptr;
+  // Indexed by grpc::StatusCode (0..16); resolved on the first call that ends with that code.
+  std::array<std::atomic<prometheus::Counter*>, kStatusCodes> requests{};
+};
 
 // State shared by every interceptor one factory creates.
 class GrpcMetrics {
@@ -34,44 +51,56 @@ class GrpcMetrics {
                       .Help("Time from a gRPC request's arrival to its status being sent.")
                       .Register(registry)) {}
 
-  // Bounds the label set: the first kMaxMethodLabels methods keep their names.
-  std::string MethodLabel(const char* method) {
-    std::string name = method != nullptr ? method : "unknown";
+  // The metrics of `method`. The first kMaxMethodLabels methods keep their names; later ones
+  // share the label "other" (bounds the label set). The result lives as long as this object.
+  MethodMetrics& ForMethod(const char* method) {
+    const absl::string_view name = method != nullptr ? method : "unknown";
+    {
+      absl::ReaderMutexLock lock(&mu_);
+      auto it = methods_.find(name);
+      if (it != methods_.end()) return *it->second;
+    }
     absl::MutexLock lock(&mu_);
-    if (methods_.contains(name)) {
-      return name;
-    }
-    if (methods_.size() >= kMaxMethodLabels) {
-      return kOtherMethod;
-    }
-    methods_.insert(name);
-    return name;
+    auto it = methods_.find(name);
+    if (it != methods_.end()) return *it->second;
+    std::string label = methods_.size() < kMaxMethodLabels ? std::string(name) : kOtherMethod;
+    auto metrics = std::make_unique<MethodMetrics>();
+    metrics->duration = &duration_.Add({{"method", label}}, GrpcLatencyBuckets());
+    metrics->label = std::move(label);
+    MethodMetrics& out = *metrics;
+    methods_.emplace(std::string(name), std::move(metrics));
+    return out;
   }
 
-  prometheus::Histogram& Duration(const std::string& method) {
-    return duration_.Add({{"method", method}}, GrpcLatencyBuckets());
-  }
-
-  prometheus::Counter& Requests(const std::string& method, grpc::StatusCode code) {
-    const std::string code_name(GrpcCodeName(code));
-    return requests_.Add({{"method", method}, {"code", code_name}});
+  prometheus::Counter& Requests(MethodMetrics& method, grpc::StatusCode code) {
+    const size_t index = static_cast<size_t>(code);
+    if (index >= kStatusCodes) {
+      return requests_.Add({{"method", method.label}, {"code", std::string(GrpcCodeName(code))}});
+    }
+    prometheus::Counter* counter = method.requests[index].load(std::memory_order_acquire);
+    if (counter == nullptr) {
+      // Family::Add returns the same counter for the same labels, so a race here is harmless.
+      counter =
+          &requests_.Add({{"method", method.label}, {"code", std::string(GrpcCodeName(code))}});
+      method.requests[index].store(counter, std::memory_order_release);
+    }
+    return *counter;
   }
 
  private:
   prometheus::Family<prometheus::Counter>& requests_;
   prometheus::Family<prometheus::Histogram>& duration_;
   absl::Mutex mu_;
-  absl::flat_hash_set<std::string> methods_ ABSL_GUARDED_BY(mu_);
+  // Keyed by the method's full name (gRPC hands registered methods' names as static strings,
+  // but unregistered ones are per call, so the key is the text). Values never move or go.
+  absl::flat_hash_map<std::string, std::unique_ptr<MethodMetrics>> methods_ ABSL_GUARDED_BY(mu_);
 };
 
 // One per RPC; gRPC runs its hooks one batch at a time, so it needs no lock.
 class GrpcMetricsInterceptor final : public grpc::experimental::Interceptor {
  public:
-  GrpcMetricsInterceptor(GrpcMetrics& metrics, std::string method)
-      : metrics_(metrics),
-        method_(std::move(method)),
-        duration_(metrics.Duration(method_)),
-        start_(std::chrono::steady_clock::now()) {}
+  explicit GrpcMetricsInterceptor(GrpcMetrics& metrics, MethodMetrics& method)
+      : metrics_(metrics), method_(method), start_(std::chrono::steady_clock::now()) {}
 
   ~GrpcMetricsInterceptor() override {
     if (!recorded_) {
@@ -94,13 +123,12 @@ class GrpcMetricsInterceptor final : public grpc::experimental::Interceptor {
     }
     recorded_ = true;
     const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start_;
-    duration_.Observe(elapsed.count());
+    method_.duration->Observe(elapsed.count());
     metrics_.Requests(method_, code).Increment();
   }
 
   GrpcMetrics& metrics_;
-  const std::string method_;
-  prometheus::Histogram& duration_;
+  MethodMetrics& method_;
   const std::chrono::steady_clock::time_point start_;
   bool recorded_ = false;
 };
@@ -108,16 +136,23 @@ class GrpcMetricsInterceptor final : public grpc::experimental::Interceptor {
 class GrpcMetricsInterceptorFactory final
     : public grpc::experimental::ServerInterceptorFactoryInterface {
  public:
-  GrpcMetricsInterceptorFactory(prometheus::Registry& registry, absl::string_view prefix)
-      : metrics_(registry, prefix) {}
+  GrpcMetricsInterceptorFactory(std::shared_ptr<GrpcMetrics> metrics,
+                                absl::flat_hash_set<std::string> skipped)
+      : metrics_(std::move(metrics)), skipped_(std::move(skipped)) {}
 
   grpc::experimental::Interceptor* CreateServerInterceptor(
       grpc::experimental::ServerRpcInfo* info) override {
-    return new GrpcMetricsInterceptor(metrics_, metrics_.MethodLabel(info->method()));
+    // No interceptor at all (nullptr) lets gRPC skip its interception machinery for the call.
+    if (!skipped_.empty() && info->method() != nullptr &&
+        skipped_.contains(absl::string_view(info->method()))) {
+      return nullptr;
+    }
+    return new GrpcMetricsInterceptor(*metrics_, metrics_->ForMethod(info->method()));
   }
 
  private:
-  GrpcMetrics metrics_;
+  const std::shared_ptr<GrpcMetrics> metrics_;
+  const absl::flat_hash_set<std::string> skipped_;
 };
 
 }  // namespace
@@ -165,9 +200,45 @@ const std::vector<double>& GrpcLatencyBuckets() {
   return *kBuckets;
 }
 
+struct GrpcMetricsAccess {
+  static GrpcCallRecorder Make(std::shared_ptr<GrpcMetrics> metrics, MethodMetrics& method) {
+    GrpcCallRecorder recorder;
+    recorder.method_ = &method;
+    recorder.state_ = std::move(metrics);
+    return recorder;
+  }
+  static void Record(const GrpcCallRecorder& recorder, grpc::StatusCode code, double seconds) {
+    if (recorder.method_ == nullptr) return;
+    auto& metrics = *static_cast<GrpcMetrics*>(recorder.state_.get());
+    auto& method = *static_cast<MethodMetrics*>(recorder.method_);
+    method.duration->Observe(seconds);
+    metrics.Requests(method, code).Increment();
+  }
+};
+
+void GrpcCallRecorder::Record(grpc::StatusCode code, double seconds) const {
+  GrpcMetricsAccess::Record(*this, code, seconds);
+}
+
+GrpcMetricsSetup MakeGrpcMetrics(prometheus::Registry& registry,
+                                 const std::vector<std::string>& self_recorded,
+                                 absl::string_view prefix) {
+  auto metrics = std::make_shared<GrpcMetrics>(registry, prefix);
+  GrpcMetricsSetup setup;
+  absl::flat_hash_set<std::string> skipped;
+  for (const std::string& method : self_recorded) {
+    skipped.insert(method);
+    setup.recorders.push_back(GrpcMetricsAccess::Make(metrics, metrics->ForMethod(method.c_str())));
+  }
+  setup.interceptors.push_back(
+      std::make_unique<GrpcMetricsInterceptorFactory>(metrics, std::move(skipped)));
+  return setup;
+}
+
 std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>
 MakeGrpcMetricsInterceptorFactory(prometheus::Registry& registry, absl::string_view prefix) {
-  return std::make_unique<GrpcMetricsInterceptorFactory>(registry, prefix);
+  return std::make_unique<GrpcMetricsInterceptorFactory>(
+      std::make_shared<GrpcMetrics>(registry, prefix), absl::flat_hash_set<std::string>());
 }
 
 std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>>

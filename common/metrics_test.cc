@@ -132,11 +132,20 @@ class EchoService final : public grpc::CallbackGenericService {
 
 class GrpcServerWithMetrics {
  public:
-  GrpcServerWithMetrics(prometheus::Registry& registry, absl::string_view prefix) {
+  // Methods in `self_recorded` get no interceptor (MakeGrpcMetrics); their recorders land in
+  // recorders().
+  GrpcServerWithMetrics(prometheus::Registry& registry, absl::string_view prefix,
+                        const std::vector<std::string>& self_recorded = {}) {
     grpc::ServerBuilder builder;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port_);
     builder.RegisterCallbackGenericService(&service_);
-    builder.experimental().SetInterceptorCreators(MakeGrpcMetricsInterceptors(registry, prefix));
+    if (self_recorded.empty()) {
+      builder.experimental().SetInterceptorCreators(MakeGrpcMetricsInterceptors(registry, prefix));
+    } else {
+      GrpcMetricsSetup setup = MakeGrpcMetrics(registry, self_recorded, prefix);
+      recorders_ = std::move(setup.recorders);
+      builder.experimental().SetInterceptorCreators(std::move(setup.interceptors));
+    }
     server_ = builder.BuildAndStart();
     channel_ =
         grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_), grpc::InsecureChannelCredentials());
@@ -147,6 +156,7 @@ class GrpcServerWithMetrics {
     }
   }
   bool started() const { return server_ != nullptr && port_ > 0; }
+  const std::vector<GrpcCallRecorder>& recorders() const { return recorders_; }
 
   grpc::Status Call(const std::string& method) {
     grpc::GenericStub stub(channel_);
@@ -168,6 +178,7 @@ class GrpcServerWithMetrics {
 
  private:
   EchoService service_;
+  std::vector<GrpcCallRecorder> recorders_;
   int port_ = 0;
   std::unique_ptr<grpc::Server> server_;
   std::shared_ptr<grpc::Channel> channel_;
@@ -315,6 +326,37 @@ TEST(GrpcMetricsTest, PrefixNamesTheFamiliesAndBucketsSpan50usTo10s) {
   const auto& buckets = histogram->histogram.bucket;
   EXPECT_DOUBLE_EQ(buckets[buckets.size() - 2].upper_bound, 10.0);
   EXPECT_EQ(buckets.back().cumulative_count, 1u);
+}
+
+TEST(GrpcMetricsTest, SelfRecordedMethodsSkipTheInterceptorAndRecordThroughTheirRecorder) {
+  prometheus::Registry registry;
+  GrpcServerWithMetrics server(registry, "shuttle", {"/shuttle.test.Echo/Say"});
+  ASSERT_TRUE(server.started());
+  ASSERT_EQ(server.recorders().size(), 1u);
+  EXPECT_TRUE(server.Call("/shuttle.test.Echo/Say").ok());
+  EXPECT_EQ(server.Call("/shuttle.test.Echo/Fail").error_code(), grpc::StatusCode::NOT_FOUND);
+  // The interceptor counted Fail only.
+  EXPECT_EQ(CounterValue(registry, "shuttle_grpc_requests_total",
+                         {{"method", "/shuttle.test.Echo/Fail"}, {"code", "NOT_FOUND"}}),
+            1);
+  EXPECT_EQ(CounterValue(registry, "shuttle_grpc_requests_total",
+                         {{"method", "/shuttle.test.Echo/Say"}, {"code", "OK"}}),
+            -1);
+  // What the handler records shows under the same families and labels.
+  server.recorders()[0].Record(grpc::StatusCode::OK, 0.001);
+  server.recorders()[0].Record(grpc::StatusCode::OK, 0.002);
+  server.recorders()[0].Record(grpc::StatusCode::PERMISSION_DENIED, 0.001);
+  EXPECT_EQ(CounterValue(registry, "shuttle_grpc_requests_total",
+                         {{"method", "/shuttle.test.Echo/Say"}, {"code", "OK"}}),
+            2);
+  EXPECT_EQ(CounterValue(registry, "shuttle_grpc_requests_total",
+                         {{"method", "/shuttle.test.Echo/Say"}, {"code", "PERMISSION_DENIED"}}),
+            1);
+  EXPECT_EQ(HistogramCount(registry, "shuttle_grpc_request_duration_seconds",
+                           {{"method", "/shuttle.test.Echo/Say"}}),
+            3u);
+  // A default recorder records nothing (and does not crash).
+  GrpcCallRecorder().Record(grpc::StatusCode::OK, 1.0);
 }
 
 TEST(GrpcMetricsTest, BoundsTheNumberOfMethodLabels) {

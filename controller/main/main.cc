@@ -27,6 +27,7 @@
 #include "common/flags.h"
 #include "common/logging.h"
 #include "common/metrics.h"
+#include "common/runtime.h"
 #include "common/status_macros.h"
 #include "common/tls.h"
 #include "controller/audit/audit_log.h"
@@ -194,7 +195,9 @@ absl::Status Serve(const sigset_t& stop_signals) {
   builder.RegisterService(&fleet_service);
   builder.RegisterService(&audit_service);
   builder.RegisterService(&answer_service);
-  builder.experimental().SetInterceptorCreators(MakeGrpcMetricsInterceptors(registry));
+  GrpcMetricsSetup grpc_metrics = MakeGrpcMetrics(registry, {AgentServiceImpl::kAuthorizeMethod});
+  agent_service.set_authorize_recorder(grpc_metrics.recorders.front());
+  builder.experimental().SetInterceptorCreators(std::move(grpc_metrics.interceptors));
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || grpc_port == 0) {
     return absl::UnavailableError("cannot listen on " + listen +
@@ -244,6 +247,7 @@ int main(int argc, char** argv) {
   std::vector<char*> normalized_argv = shuttle::FlagArgv(normalized);
   std::vector<char*> args =
       absl::ParseCommandLine(static_cast<int>(normalized.size()), normalized_argv.data());
+  shuttle::ConfigureRuntimeForProduction();
   absl::Status status = shuttle::controller::SetLogLevel(absl::GetFlag(FLAGS_log_level));
   if (status.ok()) {
     if (args.size() > 1 && std::string(args[1]) == "issue-cert") {

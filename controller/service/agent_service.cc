@@ -180,9 +180,12 @@ grpc::ServerUnaryReactor* AgentServiceImpl::Authorize(grpc::CallbackServerContex
     authorize_deny_.Increment();
   }
   if (result.ok()) *resp = *std::move(result);
-  authorize_seconds_.Observe(
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-  reactor->Finish(ToGrpcStatus(result.status()));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  authorize_seconds_.Observe(seconds);
+  grpc::Status status = ToGrpcStatus(result.status());
+  authorize_rpc_.Record(status.error_code(), seconds);
+  reactor->Finish(std::move(status));
   return reactor;
 }
 

@@ -16,7 +16,7 @@
 namespace shuttle::cli {
 namespace {
 
-constexpr absl::string_view kGroups[] = {"policy", "answer", "token", "vm"};
+constexpr absl::string_view kGroups[] = {"policy", "answer", "token", "vm", "service"};
 
 // absl::string_view is not std::string_view in Debian's Abseil; this spells the copy plainly.
 std::string ToString(absl::string_view s) { return std::string(s.data(), s.size()); }
@@ -235,7 +235,7 @@ const std::vector<FlagSpec>& Flags() {
       {"timeout", 0, FlagType::kDuration, "DURATION", "deadline of each call (default 10s)", true},
       {"help", 'h', FlagType::kBool, "", "show usage", true},
       {"agent-socket", 0, FlagType::kString, "PATH",
-       "local agent socket for vm and run (default $SHUTTLE_AGENT_SOCKET, else "
+       "local agent socket for vm, run and service (default $SHUTTLE_AGENT_SOCKET, else "
        "/run/shuttle/agent.sock)",
        true},
       // Verbs.
@@ -270,8 +270,15 @@ const std::vector<FlagSpec>& Flags() {
        "answer id to create or replace (default: the answer with the same VM, kind and objects, "
        "else a new id)",
        false},
-      {"user", 0, FlagType::kString, "USER", "run as this user (name or uid; default: yours)",
+      {"user", 0, FlagType::kString, "USER",
+       "run as this user (name or uid; run: default yours; service add: default root)", false},
+      {"name", 0, FlagType::kString, "NAME", "service name ([A-Za-z0-9._@-])", false},
+      {"ready", 0, FlagType::kString, "ADDR",
+       "where the service accepts when ready: unix:/PATH, abstract:NAME or tcp:127.0.0.1:PORT",
        false},
+      {"start-timeout", 0, FlagType::kDuration, "DURATION",
+       "how long the service may take to become ready (default 10s)", false},
+      {"cwd", 0, FlagType::kString, "DIR", "working directory inside the VM (default /)", false},
   };
   return *kFlags;
 }
@@ -399,6 +406,36 @@ const std::vector<CommandSpec>& Commands() {
        {"vm"},
        true,
        "run a command in a VM of the local agent, with this terminal's stdio",
+       ""},
+      {"service add",
+       "-- CMD [ARG...]",
+       0,
+       0,
+       {"vm", "name", "ready", "user", "start-timeout", "cwd"},
+       {"vm", "name", "ready"},
+       true,
+       "register a service that a `depend` rule lets other VMs start on demand",
+       "When a brokered connect from another VM to the --ready address finds nothing listening\n"
+       "and a depend rule allows it, the agent starts CMD in --vm (as --user, default root) and\n"
+       "the connect completes once the service accepts there. CMD must stay in the foreground;\n"
+       "its output goes to the agent's data dir (services/VM.NAME.log). Root only."},
+      {"service ls",
+       "",
+       0,
+       0,
+       {},
+       {},
+       false,
+       "list the registered services, their state and last exit",
+       "VM shows '(missing)' after the service's VM when that VM does not exist."},
+      {"service rm",
+       "",
+       0,
+       0,
+       {"vm", "name"},
+       {"vm", "name"},
+       false,
+       "unregister a service (a running instance keeps running)",
        ""},
   };
   return *kCommands;

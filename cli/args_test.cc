@@ -197,6 +197,32 @@ TEST(ParseArgsTest, RunTakesTheCommandAfterDoubleDash) {
               StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("no arguments after --")));
 }
 
+TEST(ParseArgsTest, ServiceVerbs) {
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(
+      Invocation add,
+      Parse({"service", "add", "--vm", "db", "--name", "pg", "--ready", "tcp:127.0.0.1:5432",
+             "--user", "postgres", "--start-timeout", "30s", "--cwd", "/var/lib/pg", "--",
+             "/usr/bin/postgres", "-D", "/var/lib/pg"}));
+  EXPECT_EQ(add.command->name, "service add");
+  EXPECT_EQ(add.Get("ready"), "tcp:127.0.0.1:5432");
+  EXPECT_EQ(add.GetDuration("start-timeout"), absl::Seconds(30));
+  EXPECT_THAT(add.passthrough, ElementsAre("/usr/bin/postgres", "-D", "/var/lib/pg"));
+  EXPECT_THAT(
+      Parse({"service", "add", "--vm", "db", "--name", "pg", "--", "x"}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("service add: missing --ready")));
+  EXPECT_THAT(
+      Parse({"service", "add", "--vm", "db", "--name", "pg", "--ready", "unix:/x"}),
+      StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("service add: missing -- CMD")));
+  EXPECT_THAT(Parse({"service", "add", "--vm", "db", "--name", "pg", "--ready", "unix:/x",
+                     "--start-timeout", "soon", "--", "x"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("--start-timeout")));
+  EXPECT_THAT(Parse({"service", "ls"}), IsOk());
+  EXPECT_THAT(Parse({"service", "rm", "--vm", "db", "--name", "pg"}), IsOk());
+  EXPECT_THAT(Parse({"service", "rm", "--vm", "db"}),
+              StatusIs(absl::StatusCode::kInvalidArgument, HasSubstr("missing --name")));
+  EXPECT_THAT(HelpText("service"), HasSubstr("service add"));
+}
+
 TEST(ParseArgsTest, LaterIssueVerbsParse) {
   EXPECT_THAT(Parse({"hosts"}), IsOk());
   EXPECT_THAT(Parse({"hosts", "h1"}), IsOk());

@@ -549,6 +549,9 @@ constexpr Verb kVerbs[] = {
     {"vm ls", nullptr, RunLocalAgentVerb},
     {"vm rm", nullptr, RunLocalAgentVerb},
     {"run", nullptr, RunLocalAgentVerb},
+    {"service add", nullptr, RunLocalAgentVerb},
+    {"service ls", nullptr, RunLocalAgentVerb},
+    {"service rm", nullptr, RunLocalAgentVerb},
 };
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "cli/output.h"
 #include "common/seqpacket.h"
 #include "common/status_macros.h"
@@ -164,6 +165,67 @@ absl::StatusOr<int> Run(const Invocation& inv, std::ostream& out) {
   }
 }
 
+absl::StatusOr<int> ServiceAdd(const Invocation& inv, std::ostream& out) {
+  if (inv.passthrough.empty()) return absl::InvalidArgumentError("no command after --");
+  v1::LocalRequest request;
+  v1::LocalService* service = request.mutable_service_add()->mutable_service();
+  service->set_vm(inv.Get("vm"));
+  service->set_name(inv.Get("name"));
+  service->set_ready(inv.Get("ready"));
+  service->set_user(inv.Get("user"));
+  service->set_cwd(inv.Get("cwd"));
+  for (const std::string& arg : inv.passthrough) service->add_argv(arg);
+  if (std::optional<absl::Duration> timeout = inv.GetDuration("start-timeout")) {
+    *service->mutable_start_timeout() =
+        google::protobuf::util::TimeUtil::NanosecondsToDuration(absl::ToInt64Nanoseconds(*timeout));
+  }
+  SHUTTLE_ASSIGN_OR_RETURN(v1::LocalResponse response, Call(SocketPath(inv), request));
+  if (inv.global.output == OutputFormat::kJson) {
+    SHUTTLE_ASSIGN_OR_RETURN(std::string json, ToJson(response.service()));
+    out << json;
+  } else {
+    out << "service " << response.service().vm() << "/" << response.service().name()
+        << " registered (ready at " << response.service().ready() << ")\n";
+  }
+  return 0;
+}
+
+absl::StatusOr<int> ServiceList(const Invocation& inv, std::ostream& out) {
+  v1::LocalRequest request;
+  request.mutable_service_list();
+  SHUTTLE_ASSIGN_OR_RETURN(v1::LocalResponse response, Call(SocketPath(inv), request));
+  if (inv.global.output == OutputFormat::kJson) {
+    SHUTTLE_ASSIGN_OR_RETURN(std::string json, ToJson(response.service_list()));
+    out << json;
+    return 0;
+  }
+  Table table({"VM", "NAME", "READY", "STATE", "PID", "STARTS", "LAST EXIT", "USER", "COMMAND"});
+  for (const v1::LocalServiceStatus& status : response.service_list().services()) {
+    const v1::LocalService& service = status.service();
+    table.AddRow({status.vm_missing() ? absl::StrCat(service.vm(), " (missing)") : service.vm(),
+                  service.name(), service.ready(), status.state(),
+                  status.pid() == 0 ? "" : std::to_string(status.pid()),
+                  std::to_string(status.starts()), status.last_exit(),
+                  service.user().empty() ? "root" : service.user(),
+                  absl::StrJoin(service.argv(), " ")});
+  }
+  out << table.Render();
+  return 0;
+}
+
+absl::StatusOr<int> ServiceRemove(const Invocation& inv, std::ostream& out) {
+  v1::LocalRequest request;
+  request.mutable_service_remove()->set_vm(inv.Get("vm"));
+  request.mutable_service_remove()->set_name(inv.Get("name"));
+  SHUTTLE_ASSIGN_OR_RETURN(v1::LocalResponse response, Call(SocketPath(inv), request));
+  if (inv.global.output == OutputFormat::kJson) {
+    out << "{}\n";
+  } else {
+    out << "service " << inv.Get("vm") << "/" << inv.Get("name") << " removed\n";
+  }
+  return 0;
+}
+
 }  // namespace
 
 absl::StatusOr<int> RunLocalAgentVerb(const Invocation& inv, std::ostream& out) {
@@ -172,6 +234,9 @@ absl::StatusOr<int> RunLocalAgentVerb(const Invocation& inv, std::ostream& out) 
   if (name == "vm create") return VmCreate(inv, out);
   if (name == "vm rm") return VmRemove(inv, out);
   if (name == "run") return Run(inv, out);
+  if (name == "service add") return ServiceAdd(inv, out);
+  if (name == "service ls") return ServiceList(inv, out);
+  if (name == "service rm") return ServiceRemove(inv, out);
   return absl::InternalError("no local handler for " + name);
 }
 

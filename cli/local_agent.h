@@ -1,6 +1,7 @@
 // shuttlectl verbs served by the local agent over its unix socket (proto/shuttle/v1/local.proto):
-// `vm create|ls|rm` and `run`. `run` hands this process's stdin/stdout/stderr to the agent as
-// descriptors, forwards SIGINT/SIGTERM/SIGHUP/SIGQUIT to the program, and exits with its status.
+// `vm create|ls|rm`, `run` and `service add|ls|rm`. `run` hands this process's stdin/stdout/stderr
+// to the agent as descriptors, forwards SIGINT/SIGTERM/SIGHUP/SIGQUIT to the program, and exits
+// with its status.
 #ifndef SHUTTLE_CLI_LOCAL_AGENT_H_
 #define SHUTTLE_CLI_LOCAL_AGENT_H_
 

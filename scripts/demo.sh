@@ -2,9 +2,12 @@
 # The `make demo` walk-through: starts a controller on a temporary data dir (fresh CA,
 # kernel-chosen ports), applies the example policy, lists it, explains one allowed and one
 # denied interaction, validates a broken file; then enrolls an agent with a join token, shows
-# the policy pushed to it, creates VMs web and db, and shows a call that the policy denies and
-# one it allows, with the agent's metrics; then removes the VMs, stops both daemons and removes
-# everything it made. Needs root (the agent makes namespaces). Safe to run again.
+# the policy pushed to it, creates VMs web, db and other, and shows a call that the policy denies
+# and one it allows; then the sample application (issue 5): Debian's PostgreSQL in VM db, a
+# policy that lets psql in VM web reach it and refuses VM other, psql from web answered through
+# the agent's brokered connect, psql from other refused, the audit log and the metrics that
+# changed; then removes the VMs, stops both daemons and removes everything it made. Needs root
+# (the agent makes namespaces) and PostgreSQL (scripts/install-deps.sh). Safe to run again.
 #
 # usage: scripts/demo.sh BUILD_DIR
 set -euo pipefail
@@ -23,6 +26,13 @@ EXAMPLES=deploy/examples  # relative, so that file names in the output read as i
 for bin in "$CONTROLLER" "$AGENT" "$PROBE" "$CTL"; do
   [ -x "$bin" ] || { echo "demo: $bin is not built (run: make build)" >&2; exit 1; }
 done
+# Debian's PostgreSQL server and client (the newest installed major version).
+PG_BIN=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin -type d 2>/dev/null |
+  sort -V | tail -n 1)
+for bin in initdb postgres pg_isready psql; do
+  [ -n "$PG_BIN" ] && [ -x "$PG_BIN/$bin" ] ||
+    { echo "demo: PostgreSQL's $bin is not installed (run: scripts/install-deps.sh)" >&2; exit 1; }
+done
 
 cd "$ROOT"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/shuttle-demo.XXXXXX")
@@ -36,12 +46,18 @@ DATA="$WORK/data"
 PID=""
 AGENT_PID=""
 SERVER_PID=""
+PG_PID=""
+VMS="web db other"
 [ "$(id -u)" -eq 0 ] || { echo "demo: run as root (the agent creates namespaces)" >&2; exit 1; }
 
 cleanup() {
   [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null || true
+  if [ -n "$PG_PID" ]; then
+    kill -TERM "$PG_PID" 2>/dev/null || true
+    wait "$PG_PID" 2>/dev/null || true
+  fi
   if [ -n "$AGENT_PID" ] && kill -0 "$AGENT_PID" 2>/dev/null; then
-    for vm in web db; do
+    for vm in $VMS; do
       "$CTL" --agent-socket "$WORK/agent.sock" vm rm "$vm" >/dev/null 2>&1 || true
     done
     kill -TERM "$AGENT_PID" 2>/dev/null || true
@@ -165,12 +181,13 @@ wait_acks "$AGENT_METRICS" 1
 export SHUTTLE_AGENT_SOCKET="$WORK/agent.sock"
 ctl hosts
 
-step "Create VMs web and db on the agent" \
+step "Create VMs web, db and other on the agent" \
   "Each VM: its own mount, IPC, network, UTS and PID namespaces, an overlay root whose writes" \
   "stay in the VM, private /tmp, /run, /dev. The agent tells the controller, which pushes the" \
   "rules for these VMs (same fleet version, new content) and the agent ACKs."
 ctl vm create web
 ctl vm create db
+ctl vm create other
 wait_acks "$AGENT_METRICS" 2
 ctl vm ls
 
@@ -186,33 +203,136 @@ ctl run --vm db -- "$PROBE" client unix /run/postgresql/.s.PGSQL.5432
 
 step "A program in VM web tries the same socket: denied" \
   "Rule others-no-postgres (VM web may not reach db's PostgreSQL except through php-fpm)" \
-  "decides; the agent fails the connect with EACCES. (Brokering an allowed web -> db connect" \
-  "into VM db, as php-to-postgres-socket allows, is the next step of the project.)"
+  "decides; the agent fails the connect with EACCES."
 set +e
 ctl run --vm web -- "$PROBE" client unix /run/postgresql/.s.PGSQL.5432
 rc=$?
 set -e
 echo "(the client exited $rc: denied, as the policy says)"
 
+# ----- issue 5: the sample application across VMs -----------------------------------------------
+SOCK_DIR=/run/postgresql
+PGDATA_VM=/var/lib/postgresql/shuttle-demo  # in db's overlay: neither the host nor web sees it
+
+step "PostgreSQL in VM db (Debian's $(basename "$(dirname "$PG_BIN")"))" \
+  "The probe server goes; the real server takes its socket path. initdb writes the cluster into" \
+  "db's overlay root; postgres runs as user postgres, in the foreground under shuttlectl run," \
+  "with its socket in db's private $SOCK_DIR. psql inside db reaches it (intra-vm, allowed)."
+kill "$SERVER_PID" 2>/dev/null || true
+wait "$SERVER_PID" 2>/dev/null || true
+SERVER_PID=""
+"$CTL" run --vm db -- sh -c "rm -f $SOCK_DIR/.s.PGSQL.5432 && chown postgres:postgres $SOCK_DIR"
+# The command line, and of initdb's chatter only its verdict.
+ctl run --vm db --user postgres -- "$PG_BIN/initdb" -D "$PGDATA_VM" -U postgres --auth=trust \
+  --no-sync -E UTF8 --locale=C.UTF-8 | sed -n '1p;/^Success/p'
+printf '%s$ shuttlectl run --vm db --user postgres -- postgres -D %s -c listen_addresses= &%s\n' \
+  "$BOLD" "$PGDATA_VM" "$PLAIN"
+"$CTL" run --vm db --user postgres -- "$PG_BIN/postgres" -D "$PGDATA_VM" -c listen_addresses= \
+  -c unix_socket_directories="$SOCK_DIR" -c cluster_name=demo-db -c fsync=off \
+  >"$WORK/postgres.log" 2>&1 </dev/null &
+PG_PID=$!
+for _ in $(seq 1 300); do  # 30 s at most
+  "$CTL" run --vm db -- "$PG_BIN/pg_isready" -q -h "$SOCK_DIR" && break
+  kill -0 "$PG_PID" 2>/dev/null ||
+    { cat "$WORK/postgres.log" >&2; echo "demo: postgres exited" >&2; exit 1; }
+  sleep 0.1
+done
+ctl run --vm db -- "$PG_BIN/psql" -X -h "$SOCK_DIR" -U postgres -c 'select version()'
+
+step "A policy for psql: web may reach db's PostgreSQL, other may not" \
+  "Rule web-psql-to-postgres names the program, so it beats webapp's others-no-postgres (VM" \
+  "only); explain shows it before anything runs. The controller pushes the new fleet version and" \
+  "the agent enforces it at once: no VM, server or agent restarts."
+cat >"$WORK/demo-psql.yaml" <<POLICY
+name: demo-psql
+description: "psql in VM web may use PostgreSQL in VM db; VM other may not"
+rules:
+  - name: web-psql-to-postgres
+    subject: { vm: web, program: $PG_BIN/psql }
+    kind: unix-connect
+    object: { vm: db, path: $SOCK_DIR/.s.PGSQL.5432 }
+    action: allow
+  - name: other-no-postgres
+    subject: { vm: other }
+    kind: unix-connect
+    object: { vm: db, path: $SOCK_DIR/* }
+    action: deny
+POLICY
+sed 's/^/   | /' "$WORK/demo-psql.yaml"
+ctl policy apply -f "$WORK/demo-psql.yaml" | tee "$WORK/apply.out"
+FLEET_VERSION=$(sed -n 's/.*fleet version \([0-9]*\)$/\1/p' "$WORK/apply.out")
+[ -n "$FLEET_VERSION" ] || { echo "demo: policy apply printed no fleet version" >&2; exit 1; }
+v=""
+for _ in $(seq 1 300); do  # 30 s at most
+  v=$(curl -s "127.0.0.1:$AGENT_METRICS/metrics" | sed -n 's/^shuttle_agent_policy_version //p')
+  [ "${v%.*}" = "$FLEET_VERSION" ] && break
+  sleep 0.1
+done
+[ "${v%.*}" = "$FLEET_VERSION" ] ||
+  { echo "demo: the agent did not take version $FLEET_VERSION in 30 s" >&2; exit 1; }
+echo "(the agent enforces fleet version $FLEET_VERSION)"
+ctl explain --vm web --program "$PG_BIN/psql" --kind unix-connect \
+  --object "$SOCK_DIR/.s.PGSQL.5432" --object-vm db
+
+# The counters this part moves, before it runs.
+agent_counters() {
+  curl -s "127.0.0.1:$AGENT_METRICS/metrics" |
+    grep -E '^shuttle_agent_(decisions_total|brokered_total|audit_uploaded_total)[{ ]' || true
+}
+agent_counters >"$WORK/metrics.before"
+
+step "psql in VM web: answered by PostgreSQL in VM db" \
+  "psql connects to its default socket path. The agent intercepts the connect, decides" \
+  "cross-vm allow, opens the socket inside db as the caller and hands psql the connected" \
+  "descriptor: from then on the bytes flow through the kernel, no process copies them."
+if ! ctl run --vm web -- "$PG_BIN/psql" -X -h "$SOCK_DIR" -U postgres -c \
+  "select 'hello from ' || current_setting('cluster_name') || ' in VM db' as answer"; then
+  echo "demo: psql in web was not answered (is brokering of allowed cross-VM connects built?)" >&2
+  exit 1
+fi
+
+step "psql in VM other: refused" \
+  "Rule other-no-postgres decides cross-vm deny; the connect fails with EACCES and psql says" \
+  "so. Nothing reached the server."
+set +e
+ctl run --vm other -- "$PG_BIN/psql" -X -h "$SOCK_DIR" -U postgres -c 'select 1' 2>&1
+rc=$?
+set -e
+echo "(psql exited $rc: refused, as the policy says)"
+
 step "The audit log" \
-  "The agent spooled the cross-VM decision on disk and uploaded it; the controller stores it and" \
-  "shuttlectl audit queries it (also --follow, --vm, --host, --since, --verdict)."
-# The upload is batched (up to ~200 ms) and retried: wait, bounded, until the record is stored.
+  "The agent spooled every cross-VM decision on disk and uploaded it; the controller stores it" \
+  "and shuttlectl audit queries it (also --follow, --vm, --host, --since, --verdict): the probe" \
+  "denied in web, psql allowed from web, psql denied from other, each with its rule."
+# audit_has VERDICT VM: the controller holds such a record from demo-host.
+audit_has() {
+  "$CTL" audit --host demo-host --verdict "$1" --vm "$2" -o json 2>/dev/null |
+    grep -q "\"subjectVm\": *\"$2\""
+}
+# The upload is batched (up to ~200 ms) and retried: wait, bounded, until the records are stored.
 for _ in $(seq 1 100); do
-  "$CTL" audit --host demo-host --verdict deny -o json 2>/dev/null | grep -q '"subjectVm": *"web"' && break
+  audit_has deny web && audit_has allow web && audit_has deny other && break
   sleep 0.1
 done
 ctl audit --host demo-host
 
-step "The agent's metrics" "Every intercepted call is counted by kind, scope and verdict."
-curl -s "127.0.0.1:$AGENT_METRICS/metrics" | grep -E '^shuttle_agent_(decisions_total|policy_version|audit_uploaded_total)'
+step "The agent's metrics" \
+  "Every intercepted call is counted by kind, scope and verdict, every brokered crossing by" \
+  "kind, scope and result. The counters that moved since psql ran from web and other:"
+agent_counters >"$WORK/metrics.after"
+awk 'NR == FNR { before[$1] = $2; next }
+     { was = ($1 in before) ? before[$1] : 0 }
+     $2 != was { printf "   %s  %s -> %s\n", $1, was, $2 }' \
+  "$WORK/metrics.before" "$WORK/metrics.after"
 
 step "Remove the VMs and stop the agent" "vm rm leaves no mount, process or namespace behind."
-kill "$SERVER_PID" 2>/dev/null || true
-wait "$SERVER_PID" 2>/dev/null || true
-SERVER_PID=""
+kill -TERM "$PG_PID" 2>/dev/null || true
+wait "$PG_PID" 2>/dev/null || true
+PG_PID=""
+echo "postgres in db stopped"
 ctl vm rm web
 ctl vm rm db
+ctl vm rm other
 kill -TERM "$AGENT_PID"
 wait "$AGENT_PID" || true
 AGENT_PID=""

@@ -7,7 +7,8 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   prometheus-cpp-dev libyaml-cpp-dev libsqlite3-dev sqlite3 libssl-dev openssl
   libgtest-dev libgmock-dev libbenchmark-dev
-  libseccomp-dev libpq-dev postgresql iproute2 procps curl
+  libseccomp-dev libpq-dev iproute2 procps curl
+  postgresql socat  # the sample-application e2e test, the demo and the cross-VM IPC benchmark
   clang-format clang-tidy
 )
 missing=()

@@ -3,14 +3,17 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <optional>
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "driver-shim/abi/shuttle_invoke_abi.h"
 #include "google/protobuf/util/time_util.h"
 #include "policy/parser.h"
 
@@ -18,6 +21,7 @@ namespace shuttle::agent {
 namespace {
 
 constexpr std::string_view kHost = "host";
+constexpr size_t kMaxObjectNameForJoin = intercept::kMaxObjectName + 2;
 
 // Indexed by PolicyDecider::FailReason.
 constexpr const char* kFailReasonNames[] = {"timeout", "unavailable", "no_controller",
@@ -63,6 +67,45 @@ std::string_view ReadExe(pid_t pid, char* buf, size_t size) {
   return std::string_view(buf, static_cast<size_t>(n));
 }
 
+// A relative unix socket path made absolute as the policy names paths: the caller's working
+// directory (/proc/PID/cwd) joined with `relative`, then ".", ".." and repeated slashes
+// resolved lexically (as the kernel would, symlinks aside). Written into `buf` (no
+// allocation); an empty view if the caller is gone or the result does not fit.
+std::string_view AbsoluteUnixPath(pid_t pid, std::string_view relative, char* buf, size_t size) {
+  char link[32];
+  std::snprintf(link, sizeof(link), "/proc/%d/cwd", static_cast<int>(pid));
+  char joined[PATH_MAX + kMaxObjectNameForJoin];
+  ssize_t n = ::readlink(link, joined, PATH_MAX);
+  if (n <= 0 || joined[0] != '/' || static_cast<size_t>(n) + 1 + relative.size() > sizeof(joined)) {
+    return {};
+  }
+  size_t len = static_cast<size_t>(n);
+  joined[len++] = '/';
+  std::memcpy(joined + len, relative.data(), relative.size());
+  len += relative.size();
+  size_t out = 0;
+  for (size_t i = 0; i < len;) {
+    while (i < len && joined[i] == '/') ++i;
+    size_t end = i;
+    while (end < len && joined[end] != '/') ++end;
+    const std::string_view part(joined + i, end - i);
+    if (part.empty() || part == ".") {
+      // Nothing to add.
+    } else if (part == "..") {
+      while (out > 0 && buf[out - 1] != '/') --out;
+      if (out > 0) --out;  // The slash before the dropped component.
+    } else {
+      if (out + 1 + part.size() > size) return {};
+      buf[out++] = '/';
+      std::memcpy(buf + out, part.data(), part.size());
+      out += part.size();
+    }
+    i = end;
+  }
+  if (out == 0) return {};
+  return std::string_view(buf, out);
+}
+
 // The audited interaction of a decision made in Decide(). The program and uid are filled in
 // only if the policy already needed them; AuditDecision() reads what is missing.
 v1::Interaction AuditedInteraction(const intercept::InterceptedCall& call,
@@ -87,6 +130,32 @@ v1::Interaction AuditedInteraction(const intercept::InterceptedCall& call,
     out.set_uid(uid_known ? view.uid : ReadEffectiveUid(call.pid));
   }
   return out;
+}
+
+// Where an enforced allow or redirect goes when it leaves the caller's VM or renames the
+// object: the redirect's VM and name (each defaulting to the object's), else the object's VM
+// (empty: the caller's). nullopt: the caller's own VM under the same name, i.e. continue; that
+// is the intra-VM hot path, which must not allocate (an empty optional does not).
+std::optional<broker::CrossingTarget> CrossingOf(std::string_view subject_vm,
+                                                 std::string_view object_vm,
+                                                 std::string_view object_name,
+                                                 const v1::RedirectTarget* redirect) {
+  std::string_view vm = object_vm;
+  std::string_view name = object_name;
+  if (redirect != nullptr) {
+    if (!redirect->vm().empty()) vm = redirect->vm();
+    if (!redirect->name().empty()) name = redirect->name();
+  }
+  if (vm.empty()) vm = subject_vm;
+  if (vm == subject_vm && name == object_name) return std::nullopt;
+  broker::CrossingTarget target;
+  target.scope = vm == subject_vm      ? v1::INTRA_VM
+                 : subject_vm == kHost ? v1::HOST_VM
+                 : vm == kHost         ? v1::VM_HOST
+                                       : v1::CROSS_VM;
+  target.vm = std::string(vm);
+  target.name = std::string(name);
+  return target;
 }
 
 // Puts the controller's answer into the decision the matcher made for the ask rule; `how`
@@ -114,6 +183,8 @@ struct PolicyDecider::PendingAsk {
   bool enforced = true;
   v1::Verdict fail_verdict = v1::VERDICT_DENY;  // The rule's fail mode's.
   intercept::PendingReplyPtr reply;             // Null: the call did not wait (monitor).
+  // The call, for the crossing an allow/redirect answer leads to (set with a crossing only).
+  std::optional<broker::CallSnapshot> call;
   v1::Interaction interaction;  // Program and uid filled in (the pid may be gone later).
   v1::Decision decision;        // The matcher's, for the ask rule.
   Steady::time_point start;
@@ -196,6 +267,33 @@ intercept::Answer PolicyDecider::Decide(const intercept::InterceptedCall& call) 
   view.subject_vm = call.subject_vm.empty() ? kHost : call.subject_vm;
   view.kind = call.object->kind;
   view.object_name = call.object->name();
+  // The policy names paths absolutely; a relative one (rare) is joined to the caller's cwd.
+  char absolute[PATH_MAX];
+  if (call.object->relative && view.kind == v1::UNIX_CONNECT) {
+    std::string_view path =
+        AbsoluteUnixPath(call.pid, view.object_name, absolute, sizeof(absolute));
+    if (!path.empty()) view.object_name = path;
+  }
+  // Invocation across VMs (agent/invoke/): the stand-in's connect to the agent's own socket,
+  // bound read-only into every VM, always goes through (the agent decides the invocation
+  // itself); a policy's unix-connect rules must neither refuse it nor broker it elsewhere.
+  if (view.kind == v1::UNIX_CONNECT && view.object_name == SHUTTLE_INVOKE_SOCKET_PATH) {
+    DecisionCounter(view.kind, v1::INTRA_VM, v1::VERDICT_ALLOW).Increment();
+    return intercept::Answer::Continue();
+  }
+  // A signal's object VM: a VM process names only pids of its own PID namespace; a host
+  // process's target may live in any VM (a pidfd's number is the target's own namespace's, so
+  // only kill/tkill/tgkill targets are looked up). Signals are rare: the lookup is affordable.
+  std::optional<std::string> signal_vm;
+  if (view.kind == v1::SIGNAL) {
+    if (view.subject_vm != kHost) {
+      view.object_vm = view.subject_vm;
+    } else if (vms_ != nullptr && call.object->target_pid > 0 && call.event != nullptr &&
+               call.event->nr != SYS_pidfd_send_signal) {
+      signal_vm = vms_->VmOfPid(call.object->target_pid);
+      view.object_vm = signal_vm.has_value() ? std::string_view(*signal_vm) : kHost;
+    }
+  }
   // The executable only matters to program rules, which most policies lack; the readlink (a
   // /proc path walk) was about a tenth of the agent's time per intercepted call.
   char exe[512];
@@ -216,6 +314,23 @@ intercept::Answer PolicyDecider::Conclude(const intercept::InterceptedCall& call
   intercept::Answer answer = (verdict.enforced && effective == v1::VERDICT_DENY)
                                  ? intercept::Answer::Fail(DenyErrno(view.kind))
                                  : intercept::Answer::Continue();
+  if (crossing_ != nullptr && verdict.enforced && effective != v1::VERDICT_DENY) {
+    const std::string_view object_vm = !view.object_vm.empty()   ? view.object_vm
+                                       : verdict.rule != nullptr ? verdict.rule->object_vm
+                                                                 : std::string_view();
+    const v1::RedirectTarget* redirect = nullptr;
+    if (effective == v1::VERDICT_REDIRECT) {
+      if (asked != nullptr) {
+        redirect = &asked->redirect;
+      } else if (verdict.rule != nullptr) {
+        redirect = &verdict.rule->rule->redirect();
+      }
+    }
+    if (std::optional<broker::CrossingTarget> target =
+            CrossingOf(view.subject_vm, object_vm, view.object_name, redirect)) {
+      answer = crossing_->Cross(call, *target);
+    }
+  }
   const auto decided = Steady::now();
   latency_.Observe(std::chrono::duration<double>(decided - start).count());
   // Cross-VM, vm-host and host-vm decisions are audited; they are rare next to intra-VM calls,
@@ -293,6 +408,7 @@ intercept::Answer PolicyDecider::DecideAsk(
 
   if (verdict.enforced) {
     ask->reply = call.Defer();
+    if (ask->reply != nullptr && crossing_ != nullptr) ask->call = broker::CallSnapshot::Of(call);
     if (ask->reply == nullptr) {
       // The caller can't wait: the fail mode decides now, and the ask still goes out (unless
       // one is in flight already) so that the answer is cached for the next call.
@@ -368,7 +484,19 @@ void PolicyDecider::FinishAsk(std::unique_ptr<PendingAsk> ask, const AskOutcome&
   const intercept::Answer answer = (ask->enforced && verdict == v1::VERDICT_DENY)
                                        ? intercept::Answer::Fail(DenyErrno(ask->kind))
                                        : intercept::Answer::Continue();
-  if (ask->reply != nullptr) ask->reply->Finish(answer);
+  if (ask->reply != nullptr) {
+    std::optional<broker::CrossingTarget> target;
+    if (ask->enforced && verdict != v1::VERDICT_DENY && ask->call.has_value()) {
+      target = CrossingOf(ask->interaction.subject_vm(), ask->interaction.object_vm(),
+                          ask->interaction.object_name(),
+                          verdict == v1::VERDICT_REDIRECT ? &ask->decision.redirect() : nullptr);
+    }
+    if (target.has_value()) {
+      crossing_->CrossDeferred(std::move(ask->reply), *std::move(ask->call), *std::move(target));
+    } else {
+      ask->reply->Finish(answer);
+    }
+  }
   const auto decided = Steady::now();
   DecisionCounter(ask->kind, ask->scope, verdict).Increment();
   AuditDecision(std::move(ask->interaction), std::move(ask->decision), absl::Now(),

@@ -2,10 +2,15 @@
 // each intercepted call, counts it (shuttle_agent_decisions_total{kind,scope,verdict} and a
 // latency histogram) and turns the verdict into an answer for the kernel.
 //
-// What each verdict does today (issue 3): deny -> the call fails with an errno that says so
-// (EACCES; EPERM for signals); allow and redirect -> continue, which reaches the object of that
-// name in the caller's own VM (the kernel's isolation still holds; brokering the descriptor from
-// the target VM is issue 5); a not-enforced decision (monitor mode, audit_only) -> continue.
+// What each verdict does: deny -> the call fails with an errno that says so (EACCES; EPERM for
+// signals); allow and redirect whose target is the caller's own VM under the same name ->
+// continue (the intra-VM hot path: no allocation); allow and redirect that go to another VM,
+// the host, or another name -> the crossing (set_crossing(), agent/broker/crossing.h), which
+// opens the object in the target and hands the caller the descriptor; without a crossing
+// (tests) -> continue, which reaches the object of that name in the caller's own VM. A
+// not-enforced decision (monitor mode, audit_only) -> continue, whatever its verdict.
+// Signals: a VM process names only pids of its own VM, so its signals' object VM is its own;
+// a host process's target is looked up (set_vm_resolver()) so host-vm rules decide it.
 //
 // `ask` (EnableAsk(); docs/architecture.md, "Life of an ask"): the answer comes from the
 // AskCache if it holds one for (subject VM, kind, object, asking rule); otherwise the call is
@@ -33,6 +38,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/time/time.h"
 #include "agent/audit/audit_sink.h"
+#include "agent/broker/crossing.h"
 #include "agent/decide/ask_cache.h"
 #include "agent/decide/ask_client.h"
 #include "agent/decide/policy_holder.h"
@@ -73,6 +79,15 @@ class PolicyDecider final : public intercept::Decider {
   // Where audit records go (agent/audit/spool.h); borrowed, may be null (no auditing). Set it
   // before the notification loop runs; the sink must outlive every Decide()/AuditDecision().
   void set_audit_sink(AuditSink* sink) { audit_ = sink; }
+
+  // Where enforced allow/redirect verdicts that leave the caller's VM (or rename the object)
+  // go, including `ask` answers that arrive later; borrowed, may be null (continue instead).
+  // Set it before the notification loop runs; it must outlive the decider's calls.
+  void set_crossing(broker::Crossing* crossing) { crossing_ = crossing; }
+
+  // Resolves the VM of a host process's signal target (object VM of a `signal`); borrowed, may
+  // be null (the object VM stays unknown). Set before the loop runs.
+  void set_vm_resolver(const intercept::VmResolver* vms) { vms_ = vms; }
 
   // Hands the audit record of one decision to the sink: Decide() calls it for the decisions it
   // makes, and the `ask` path calls it when a deferred answer completes. No-op without a sink
@@ -131,9 +146,11 @@ class PolicyDecider final : public intercept::Decider {
   prometheus::Counter& ask_misses_;
   prometheus::Counter& ask_expired_;
   prometheus::Gauge& ask_inflight_;
-  AuditSink* audit_ = nullptr;  // Not owned.
-  Asker* asker_ = nullptr;      // Not owned; null: no controller.
-  AskCache* cache_ = nullptr;   // Not owned; set with asker_.
+  AuditSink* audit_ = nullptr;                  // Not owned.
+  broker::Crossing* crossing_ = nullptr;        // Not owned; null: continue.
+  const intercept::VmResolver* vms_ = nullptr;  // Not owned.
+  Asker* asker_ = nullptr;                      // Not owned; null: no controller.
+  AskCache* cache_ = nullptr;                   // Not owned; set with asker_.
   // Counters resolved on first use, so the hot path does no label lookup; atomic because asks
   // complete on other threads (a relaxed load costs what a plain one does).
   std::array<std::atomic<prometheus::Counter*>, kKinds * kScopes * kVerdicts> counters_{};

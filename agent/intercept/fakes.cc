@@ -151,12 +151,25 @@ class FakeInterceptionSource::FakeReply final : public PendingReply {
     if (finished_.exchange(true)) return;
     Record(answer.is_deferred() ? Answer::Fail(EPERM) : answer, false);
   }
+  // Like the seccomp reply: finished when `send` says OK or NOT_FOUND; the channel is -1.
+  absl::Status FinishWith(absl::FunctionRef<absl::Status(int, uint64_t)> send) override {
+    if (finished_.exchange(true)) {
+      return absl::FailedPreconditionError("the fake reply was already answered");
+    }
+    absl::Status sent = send(-1, id_);
+    if (!sent.ok() && !absl::IsNotFound(sent)) {
+      finished_.store(false);
+      return sent;
+    }
+    Record(Answer::Continue(), false, /*handed_over=*/true);
+    return sent;
+  }
 
  private:
-  void Record(Answer answer, bool abandoned) {
+  void Record(Answer answer, bool abandoned, bool handed_over = false) {
     absl::MutexLock lock(&replies_->mu);
     --replies_->pending;
-    replies_->answered[id_] = Reply{answer, abandoned};
+    replies_->answered[id_] = Reply{answer, abandoned, handed_over};
   }
 
   const std::shared_ptr<Replies> replies_;

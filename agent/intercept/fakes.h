@@ -132,6 +132,9 @@ class FakeInterceptionSource final : public InterceptionSource {
   struct Reply {
     Answer answer;
     bool abandoned = false;  // The reply was destroyed unfinished (answer: EPERM).
+    // Answered by FinishWith(): its `send` (called with channel -1) returned OK or NOT_FOUND;
+    // `answer` is then Continue().
+    bool handed_over = false;
   };
 
   FakeInterceptionSource();

@@ -151,6 +151,8 @@ TEST_F(InterceptDecoderTest, AbstractSocketRenderedWithAt) {
 TEST_F(InterceptDecoderTest, AbstractSocketEmbeddedNulsShownAsAt) {
   Connect(UnixAddr(std::string("\0a\0b", 4)));
   EXPECT_EQ(OnlySeen().name, "@a@b");
+  // The broker connects to the raw bytes, NULs included.
+  EXPECT_EQ(OnlySeen().object.abstract_name(), std::string("a\0b", 3));
 }
 
 TEST_F(InterceptDecoderTest, UnnamedUnixAddressLeftToTheKernel) {

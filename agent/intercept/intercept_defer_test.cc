@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <stddef.h>
 #include <stdlib.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -431,6 +432,59 @@ TEST_F(SeccompDeferTest, SecondFinishIsIgnored) {
   EXPECT_EQ(Result(0), ECONNREFUSED);
   EXPECT_EQ(source_->stats().deferred_finished.load(), 1u);
   EXPECT_EQ(source_->stats().send_errors.load(), 0u);
+}
+
+// FinishWith hands the listener and id to `send`, which answers by itself (here a plain SEND
+// with a result, as the broker's ADDFD|SEND does); the reply is then finished: nothing more is
+// sent, and the journal slot is free for the next deferral.
+TEST_F(SeccompDeferTest, FinishWithLetsTheSenderAnswer) {
+  ASSERT_TRUE(StartCaller(2, dir_ + "/absent.sock"));
+  Go();
+  PendingReplyPtr reply = decider_.Take(kWait);
+  ASSERT_NE(reply, nullptr);
+  absl::Status sent = reply->FinishWith([](int fd, uint64_t id) {
+    seccomp_notif_resp resp{};
+    resp.id = id;
+    resp.error = -ENETDOWN;
+    if (ioctl(fd, SECCOMP_IOCTL_NOTIF_SEND, &resp) != 0) {
+      return absl::InternalError(std::strerror(errno));
+    }
+    return absl::OkStatus();
+  });
+  EXPECT_THAT(sent, IsOk());
+  EXPECT_EQ(Result(0), ENETDOWN);
+  EXPECT_TRUE(InFlight(journal_).empty());
+  // Finished: a later Finish, FinishWith or the destructor sends nothing.
+  reply->Finish(Answer::Fail(EACCES));
+  EXPECT_EQ(reply->FinishWith([](int, uint64_t) { return absl::OkStatus(); }).code(),
+            absl::StatusCode::kFailedPrecondition);
+  reply.reset();
+  EXPECT_EQ(source_->stats().deferred_abandoned.load(), 0u);
+  EXPECT_EQ(source_->stats().send_errors.load(), 0u);
+  // The slot was released: the second call defers and is journaled.
+  Go();
+  reply = decider_.Take(kWait);
+  ASSERT_NE(reply, nullptr);
+  EXPECT_EQ(InFlight(journal_).size(), 1u);
+  reply->Finish(Answer::Fail(EHOSTDOWN));
+  EXPECT_EQ(Result(1), EHOSTDOWN);
+}
+
+// A `send` that fails (not NOT_FOUND) leaves the call pending and the reply unfinished: the
+// caller answers it with Finish(); a NOT_FOUND (caller gone) finishes it.
+TEST_F(SeccompDeferTest, FailedFinishWithLeavesTheReplyToFinish) {
+  ASSERT_TRUE(StartCaller(1, dir_ + "/absent.sock"));
+  Go();
+  PendingReplyPtr reply = decider_.Take(kWait);
+  ASSERT_NE(reply, nullptr);
+  absl::Status sent = reply->FinishWith(
+      [](int, uint64_t) { return absl::FailedPreconditionError("wrong socket type"); });
+  EXPECT_EQ(sent.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(results(), 0u);
+  EXPECT_EQ(InFlight(journal_).size(), 1u);
+  reply->Finish(Answer::Fail(EPROTOTYPE));
+  EXPECT_EQ(Result(0), EPROTOTYPE);
+  EXPECT_EQ(source_->stats().deferred_finished.load(), 1u);
 }
 
 // The caller dies while its reply is pending; the listener is removed (its last process

@@ -19,6 +19,7 @@
 #include <string>
 #include <string_view>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "agent/intercept/syscall_decoder.h"
 #include "agent/intercept/unique_fd.h"
@@ -65,6 +66,23 @@ class PendingReply {
   // else fails with EPERM). At most once: later calls are ignored. Thread-safe with respect to
   // the backend's loop; does one syscall, never waits for anything else.
   virtual void Finish(Answer answer) = 0;
+
+  // Answers the call by handing the caller a descriptor (agent/broker/injection.h: a brokered
+  // socket in place of the caller's, or a new fd as the call's result): calls
+  // `send(channel_fd, id)` once, on this thread, with the backend's channel (seccomp: the
+  // listener fd, valid only during the call, not owned) and the notification's id; `send` does
+  // the answering ioctls itself. If `send` returns OK, or NOT_FOUND (the caller is gone, there
+  // is nothing left to answer), the reply is finished: nothing more is sent, not even by the
+  // destructor. On any other error the call is still pending and the reply unfinished: the
+  // caller must still Finish() it (e.g. Answer::Fail(errno)) or drop it (EPERM). Returns what
+  // `send` returned; FAILED_PRECONDITION without calling `send` if the reply was already
+  // finished; UNIMPLEMENTED (reply unchanged) from a backend that can't hand over descriptors
+  // (the default). Thread-safe like Finish(); must not race a Finish() of the same reply.
+  virtual absl::Status FinishWith(
+      absl::FunctionRef<absl::Status(int channel_fd, uint64_t id)> send) {
+    (void)send;
+    return absl::UnimplementedError("this interception backend cannot hand over descriptors");
+  }
 };
 using PendingReplyPtr = std::unique_ptr<PendingReply>;
 

@@ -39,7 +39,8 @@ struct LaunchSpec {
 };
 
 struct LaunchedProcess {
-  pid_t launcher_pid = -1;  // The agent's child; exits with the program's status (128+sig).
+  pid_t launcher_pid = -1;  // The agent's child; ends as the program did (exit code, or killed
+                            // by the same signal: WaitLaunched() reports that as 128+sig).
   UniqueFd launcher_pidfd;  // pidfd of the launcher: poll for exit, waitid(P_PIDFD).
   pid_t process_pid = -1;   // The program (after exec), agent's PID namespace.
   UniqueFd listener;        // The program's seccomp listener (O_CLOEXEC).

@@ -84,13 +84,13 @@ class SeccompInterceptionSource::Reply final : public PendingReply {
         pid_(pid) {}
 
   ~Reply() override {
-    if (finished_.exchange(true, std::memory_order_acq_rel)) return;
+    if (!Claim()) return;
     Bump(stats_->deferred_abandoned);
     Respond(EPERM);
   }
 
   void Finish(Answer answer) override {
-    if (finished_.exchange(true, std::memory_order_acq_rel)) {
+    if (!Claim()) {
       SHUTTLE_LOG(ERROR) << "intercept: a deferred reply for pid " << pid_
                          << " was finished twice; the second answer is ignored";
       return;
@@ -98,6 +98,23 @@ class SeccompInterceptionSource::Reply final : public PendingReply {
     Bump(stats_->deferred_finished);
     // Deferred() is no answer: fail closed rather than leave the caller waiting.
     Respond(answer.is_deferred() ? EPERM : answer.error);
+  }
+
+  absl::Status FinishWith(absl::FunctionRef<absl::Status(int, uint64_t)> send) override {
+    State open = State::kOpen;
+    if (!state_.compare_exchange_strong(open, State::kSending, std::memory_order_acq_rel)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("the deferred reply for pid ", pid_, " was already answered"));
+    }
+    absl::Status sent = send(listener_->fd.get(), id_);
+    if (!sent.ok() && !absl::IsNotFound(sent)) {
+      state_.store(State::kOpen, std::memory_order_release);  // Still the caller's to answer.
+      return sent;
+    }
+    state_.store(State::kDone, std::memory_order_release);
+    Bump(absl::IsNotFound(sent) ? stats_->send_gone : stats_->deferred_finished);
+    if (journal_ != nullptr) journal_->Release(slot_);
+    return sent;
   }
 
  private:
@@ -115,7 +132,16 @@ class SeccompInterceptionSource::Reply final : public PendingReply {
   const uint64_t id_;
   const int slot_;  // -1: unjournaled.
   const pid_t pid_;
-  std::atomic<bool> finished_{false};
+  // kOpen -> kDone by Finish() or the destructor; kOpen -> kSending -> kDone (or back to kOpen
+  // when `send` failed with the call still pending) by FinishWith().
+  enum class State : uint8_t { kOpen, kSending, kDone };
+  std::atomic<State> state_{State::kOpen};
+
+  // Takes the right to answer; false if the reply was answered (or is being answered) already.
+  bool Claim() {
+    State open = State::kOpen;
+    return state_.compare_exchange_strong(open, State::kDone, std::memory_order_acq_rel);
+  }
 };
 
 class SeccompInterceptionSource::IdScope final : public NotificationScope {

@@ -9,7 +9,8 @@
 // another file even if the listener is removed meanwhile) and the journal; its Finish() sends
 // SECCOMP_IOCTL_NOTIF_SEND from whatever thread calls it (the kernel serialises the notify
 // ioctls per filter) and releases the journal slot (InflightJournal::Release). A reply dropped
-// unfinished fails the call with EPERM. Only Defer() allocates.
+// unfinished fails the call with EPERM. FinishWith() lets the broker answer with a descriptor
+// (ADDFD) on the reply's listener instead. Only Defer() allocates.
 //
 // Restarts: the VM init keeps a duplicate of every listener, so when the agent dies the
 // processes' pending calls wait instead of failing with ENOSYS; a new agent takes the

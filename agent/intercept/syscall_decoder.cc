@@ -10,6 +10,7 @@
 #include <sys/syscall.h>
 #include <sys/un.h>
 
+#include <algorithm>
 #include <cinttypes>
 #include <cstdio>
 #include <cstring>
@@ -184,6 +185,8 @@ void SyscallDecoder::DecodeAddress(const SyscallEvent& event, int fd, uint64_t a
         return;
       }
       obj.abstract = true;
+      obj.abstract_len = static_cast<uint8_t>(std::min(path_bytes - 1, sizeof(obj.abstract_raw)));
+      std::memcpy(obj.abstract_raw, path + 1, obj.abstract_len);
       NameAppend(&obj, "@", 1);
       for (size_t i = 1; i < path_bytes; ++i) {
         char c = path[i] == '\0' ? '@' : path[i];

@@ -67,6 +67,11 @@ struct ObjectInfo {
   int socket_type = 0;    // SOCK_STREAM, SOCK_DGRAM...; 0 when not looked up (AF_UNIX).
   bool abstract = false;  // AF_UNIX abstract name (leading NUL; embedded NULs shown as '@').
   bool relative = false;  // AF_UNIX path relative to the caller's working directory.
+  // AF_UNIX abstract: the raw name without its leading NUL, embedded NULs kept (the broker
+  // connects to exactly this; name() is the printable form).
+  char abstract_raw[107] = {};
+  uint8_t abstract_len = 0;
+  std::string_view abstract_name() const { return std::string_view(abstract_raw, abstract_len); }
   bool loopback = false;  // IP: a loopback (or "any", which Linux connects locally) address.
   uint16_t port = 0;
   // mq_open, shmget, msgget, semget.

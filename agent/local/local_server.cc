@@ -16,6 +16,8 @@
 #include <utility>
 
 #include "absl/strings/numbers.h"
+#include "agent/deps/service_spec.h"
+#include "agent/deps/user_lookup.h"
 #include "agent/intercept/launcher.h"
 #include "agent/local/run_in_vm.h"
 #include "common/logging.h"
@@ -39,38 +41,6 @@ v1::LocalResponse ErrorResponse(const absl::Status& status) {
 }
 
 std::string ErrnoText(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
-
-struct User {
-  uid_t uid;
-  gid_t gid;
-  std::vector<gid_t> groups;
-};
-
-// Resolves a user name or number against the host's user database (VM roots are overlays of
-// the host root, so they share it unless a VM changed its own copy).
-absl::StatusOr<User> ResolveUser(const std::string& spec) {
-  std::vector<char> buf(16384);
-  passwd pw{};
-  passwd* found = nullptr;
-  uint32_t numeric = 0;
-  int rc = absl::SimpleAtoi(spec, &numeric)
-               ? ::getpwuid_r(numeric, &pw, buf.data(), buf.size(), &found)
-               : ::getpwnam_r(spec.c_str(), &pw, buf.data(), buf.size(), &found);
-  if (rc != 0) return absl::InternalError("user lookup of '" + spec + "': " + std::strerror(rc));
-  if (found == nullptr) {
-    if (absl::SimpleAtoi(spec, &numeric)) return User{numeric, numeric, {}};  // No passwd entry.
-    return absl::NotFoundError("no such user: " + spec);
-  }
-  User user{pw.pw_uid, pw.pw_gid, {}};
-  int count = 64;
-  user.groups.resize(count);
-  if (::getgrouplist(pw.pw_name, pw.pw_gid, user.groups.data(), &count) < 0) {
-    user.groups.resize(count);
-    ::getgrouplist(pw.pw_name, pw.pw_gid, user.groups.data(), &count);
-  }
-  user.groups.resize(count);
-  return user;
-}
 
 }  // namespace
 
@@ -189,12 +159,18 @@ void LocalServer::Serve(UniqueFd conn) {
       HandleRun(conn.get(), request.run(), peer, std::move(stdio));
       return;  // One run per connection: its exit status ends the conversation.
     }
-    v1::LocalResponse response = HandleVm(request, peer);
+    const bool is_service =
+        request.has_service_add() || request.has_service_remove() || request.has_service_list();
+    v1::LocalResponse response =
+        is_service ? HandleService(request, peer) : HandleVm(request, peer);
     requests_
-        .Add({{"request", request.has_vm_create()   ? "vm_create"
-                          : request.has_vm_remove() ? "vm_remove"
-                          : request.has_vm_list()   ? "vm_list"
-                                                    : "other"},
+        .Add({{"request", request.has_vm_create()        ? "vm_create"
+                          : request.has_vm_remove()      ? "vm_remove"
+                          : request.has_vm_list()        ? "vm_list"
+                          : request.has_service_add()    ? "service_add"
+                          : request.has_service_remove() ? "service_remove"
+                          : request.has_service_list()   ? "service_list"
+                                                         : "other"},
               {"code", response.code() == 0 ? "OK" : std::to_string(response.code())}})
         .Increment();
     if (!SendMessage(conn.get(), response).ok()) return;
@@ -237,6 +213,50 @@ v1::LocalResponse LocalServer::HandleVm(const v1::LocalRequest& request, const P
   return ErrorResponse(absl::InvalidArgumentError("empty or unknown request"));
 }
 
+v1::LocalResponse LocalServer::HandleService(const v1::LocalRequest& request, const Peer& peer) {
+  if (services_ == nullptr) {
+    return ErrorResponse(absl::UnimplementedError("this agent does not manage services"));
+  }
+  v1::LocalResponse response;
+  if (request.has_service_list()) {
+    for (const v1::LocalService& service : services_->List()) {
+      v1::LocalServiceStatus* status = response.mutable_service_list()->add_services();
+      *status->mutable_service() = service;
+      status->set_vm_missing(!vms_.Get(service.vm()).ok());
+      const deps::ServiceRunState run = services_->RunStateOf(service.vm(), service.name());
+      status->set_state(deps::PhaseName(run.phase));
+      status->set_pid(static_cast<uint32_t>(run.pid));
+      status->set_starts(run.starts);
+      status->set_last_exit(run.last_exit);
+    }
+    return response;
+  }
+  if (peer.uid != 0) {
+    return ErrorResponse(absl::PermissionDeniedError(
+        "only root may add or remove services (caller uid " + std::to_string(peer.uid) + ")"));
+  }
+  if (request.has_service_add()) {
+    const v1::LocalService& service = request.service_add().service();
+    // A user that does not exist would only fail at the first start: say so now.
+    if (!service.user().empty()) {
+      absl::StatusOr<deps::ResolvedUser> user = deps::ResolveUser(service.user());
+      if (!user.ok()) return ErrorResponse(user.status());
+    }
+    absl::StatusOr<v1::LocalService> added = services_->Add(service);
+    if (!added.ok()) return ErrorResponse(added.status());
+    SHUTTLE_LOG(INFO) << "service " << deps::ServiceLabel(*added) << " registered (ready at "
+                      << added->ready() << ") for pid " << peer.pid;
+    *response.mutable_service() = *std::move(added);
+    return response;
+  }
+  const v1::LocalRequest::ServiceRemove& remove = request.service_remove();
+  absl::Status removed = services_->Remove(remove.vm(), remove.name());
+  if (!removed.ok()) return ErrorResponse(removed);
+  SHUTTLE_LOG(INFO) << "service " << remove.vm() << "/" << remove.name() << " removed for pid "
+                    << peer.pid;
+  return response;
+}
+
 void LocalServer::HandleRun(int conn, const v1::LocalRequest::Run& run, const Peer& peer,
                             std::vector<UniqueFd> stdio) {
   auto fail = [&](const absl::Status& status) {
@@ -253,8 +273,8 @@ void LocalServer::HandleRun(int conn, const v1::LocalRequest::Run& run, const Pe
   if (run.argv_size() == 0 || run.argv(0).empty()) {
     return fail(absl::InvalidArgumentError("run: no command given"));
   }
-  absl::StatusOr<User> user =
-      ResolveUser(run.user().empty() ? std::to_string(peer.uid) : run.user());
+  absl::StatusOr<deps::ResolvedUser> user =
+      deps::ResolveUser(run.user().empty() ? std::to_string(peer.uid) : run.user());
   if (!user.ok()) return fail(user.status());
   if (peer.uid != 0 && user->uid != peer.uid) {
     return fail(absl::PermissionDeniedError("uid " + std::to_string(peer.uid) +
@@ -263,9 +283,7 @@ void LocalServer::HandleRun(int conn, const v1::LocalRequest::Run& run, const Pe
 
   intercept::LaunchSpec spec;
   spec.launcher_path = options_.launcher_path;
-  spec.uid = user->uid;
-  spec.gid = user->gid;
-  spec.groups = user->groups;
+  deps::RunAs(*user, spec);
   spec.cwd = run.cwd();
   spec.argv.assign(run.argv().begin(), run.argv().end());
   spec.env = std::vector<std::string>(run.env().begin(), run.env().end());

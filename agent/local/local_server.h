@@ -1,9 +1,9 @@
-// The agent's local API on its unix socket (proto/shuttle/v1/local.proto): VM create/list/remove
-// and `run`, for shuttlectl on the same host. SOCK_SEQPACKET, one request or response per
-// datagram; `run` receives the caller's stdio as descriptors and hands them to the launcher, so
-// the program's I/O is never proxied. Callers are identified by SO_PEERCRED: root may do
-// anything; other users (when the socket's group lets them connect) may only run programs as
-// themselves.
+// The agent's local API on its unix socket (proto/shuttle/v1/local.proto): VM create/list/remove,
+// `run`, and service add/list/remove (agent/deps), for shuttlectl on the same host. SOCK_SEQPACKET,
+// one request or response per datagram; `run` receives the caller's stdio as descriptors and hands
+// them to the launcher, so the program's I/O is never proxied. Callers are identified by
+// SO_PEERCRED: root may do anything; other users (when the socket's group lets them connect) may
+// only list VMs and services and run programs as themselves.
 #ifndef SHUTTLE_AGENT_LOCAL_LOCAL_SERVER_H_
 #define SHUTTLE_AGENT_LOCAL_LOCAL_SERVER_H_
 
@@ -18,6 +18,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
+#include "agent/deps/service_registry.h"
 #include "agent/intercept/interception.h"
 #include "agent/intercept/unique_fd.h"
 #include "agent/vm/vm_manager.h"
@@ -42,6 +43,10 @@ class LocalServer {
               prometheus::Registry& metrics);
   ~LocalServer();  // Stop()s.
 
+  // Serves ServiceAdd/ServiceRemove/ServiceList from `registry` (borrowed; must outlive the
+  // server). Call before Start(); without it those requests fail with UNIMPLEMENTED.
+  void set_services(deps::ServiceRegistry* registry) { services_ = registry; }
+
   // Binds (replacing a stale socket file), sets mode 0660 and group, and serves on a thread
   // per connection. FAILED_PRECONDITION if another agent is serving the socket.
   absl::Status Start();
@@ -58,6 +63,7 @@ class LocalServer {
   void AcceptLoop();
   void Serve(intercept::UniqueFd conn);
   v1::LocalResponse HandleVm(const v1::LocalRequest& request, const Peer& peer);
+  v1::LocalResponse HandleService(const v1::LocalRequest& request, const Peer& peer);
   // Runs a program and answers RunStarted then RunExited on `conn`.
   void HandleRun(int conn, const v1::LocalRequest::Run& run, const Peer& peer,
                  std::vector<intercept::UniqueFd> stdio);
@@ -66,6 +72,7 @@ class LocalServer {
   VmManager& vms_;
   intercept::InterceptionSource& source_;
   prometheus::Family<prometheus::Counter>& requests_;
+  deps::ServiceRegistry* services_ = nullptr;  // Not owned; null: no service requests.
 
   intercept::UniqueFd listen_fd_;
   intercept::UniqueFd stop_fd_;  // eventfd: wakes every connection thread on Stop().

@@ -31,6 +31,8 @@
 #include "absl/strings/str_cat.h"
 #include "agent/audit/spool.h"
 #include "agent/audit/uploader.h"
+#include "agent/broker/broker.h"
+#include "agent/broker/crossing.h"
 #include "agent/client/enroll.h"
 #include "agent/client/policy_client.h"
 #include "agent/client/policy_snapshot.h"
@@ -38,16 +40,24 @@
 #include "agent/decide/ask_client.h"
 #include "agent/decide/policy_decider.h"
 #include "agent/decide/policy_holder.h"
+#include "agent/deps/service_registry.h"
+#include "agent/deps/service_starter.h"
 #include "agent/intercept/intercept_handler.h"
 #include "agent/intercept/process_access.h"
 #include "agent/intercept/restart_recovery.h"
 #include "agent/intercept/seccomp_source.h"
+#include "agent/invoke/invoke_server.h"
+#include "agent/invoke/standins.h"
 #include "agent/local/local_server.h"
 #include "agent/main/intercept_metrics.h"
+#include "agent/share/share_manager.h"
 #include "agent/vm/vm_manager.h"
+#include "agent/vm/vm_mounts.h"
+#include "common/clock.h"
 #include "common/flags.h"
 #include "common/logging.h"
 #include "common/metrics.h"
+#include "common/runtime.h"
 #include "common/status_macros.h"
 #include "common/tls.h"
 
@@ -73,6 +83,17 @@ ABSL_FLAG(std::string, join_token, "",
 ABSL_FLAG(uint64_t, audit_spool_max_bytes, uint64_t{64} << 20,
           "Bound on the audit spool in DATA/audit; when full, new records are dropped and "
           "counted (shuttle_agent_audit_dropped_total{reason=\"spool_full\"})");
+// Crossings (issue 5): the broker that opens allowed cross-VM objects in their target.
+ABSL_FLAG(int, broker_threads, 4, "Broker worker threads (opens in target VMs, as the caller)");
+ABSL_FLAG(absl::Duration, broker_timeout, absl::Seconds(5),
+          "Deadline of one brokered open (queue + connect); the caller then gets ETIMEDOUT");
+// Invocation across VMs (issue 5).
+ABSL_FLAG(std::string, invoke_socket_dir, "",
+          "Host directory of the invocation socket, bound at /run/shuttle in every VM "
+          "(default DATA/invoke)");
+ABSL_FLAG(std::string, invoke_stub, "",
+          "shuttle-invoke, the stand-in bound over programs placed in another VM (default: "
+          "beside shuttle-agent)");
 ABSL_FLAG(std::string, controller_ca, "/var/lib/shuttle/controller/pki/ca.pem",
           "The controller's CA certificate, to verify the controller while enrolling");
 
@@ -299,6 +320,25 @@ absl::Status Run(const sigset_t& signals) {
       FindBinary(absl::GetFlag(FLAGS_vm_init), "shuttle-vm-init", "driver-shim/linux");
   SHUTTLE_ASSIGN_OR_RETURN(vms, VmManager::Open(vm_options));
 
+  // Static sharing (issue 5): FIFOs and POSIX shm files that the policy shares are bind-mounted
+  // into the subject VMs, on the share manager's own thread, following every policy change and
+  // the VMs that appear; DATA/shares lists what is mounted, for the next agent.
+  VmMounter share_vm_mounter(*vms);
+  share::VmShareMounter share_mounter(share_vm_mounter);
+  share::ShareManagerOptions share_options;
+  share_options.state_file = data_dir + "/shares";
+  share::ShareManager shares(
+      share_mounter,
+      [&vms] {
+        std::vector<std::string> names;
+        for (const VmInfo& vm : vms->List()) names.push_back(vm.name);
+        return names;
+      },
+      RealClock(), metrics->registry(), share_options);
+  shares.OnPolicy(policy.Get());
+  policy.AddObserver([&shares](const auto& compiled) { shares.OnPolicy(compiled); });
+  shares.Start();
+
   intercept::SeccompInterceptionSource::Options source_options;
   source_options.journal_path = absl::GetFlag(FLAGS_journal);
   SHUTTLE_ASSIGN_OR_RETURN(std::unique_ptr<intercept::SeccompInterceptionSource> source,
@@ -338,6 +378,52 @@ absl::Status Run(const sigset_t& signals) {
   PolicyDecider decider(policy, metrics->registry());
   decider.set_audit_sink(audit_spool.get());
   if (asker != nullptr) decider.EnableAsk(*asker, ask_cache);
+  // Services and dependencies (issue 5): the registered services (DATA/services.json) and their
+  // starter, declared before the crossing's broker so that they outlive it (while the broker
+  // drains, a queued open may still ask for a start: the stopped starter answers UNAVAILABLE).
+  SHUTTLE_ASSIGN_OR_RETURN(std::unique_ptr<deps::ServiceRegistry> services,
+                           deps::ServiceRegistry::Open(data_dir + "/services.json"));
+  std::unique_ptr<deps::ServiceStarter> service_starter;  // Created with the broker, below.
+  // Crossings (issue 5): enforced allow/redirect verdicts that leave the caller's VM are opened
+  // in the target by the broker (created here, on the main thread: the host's namespaces) and
+  // handed to the caller as descriptors. The broker's queued opens call back into the crossing,
+  // so the broker goes first (broker_shutdown), after the asks (ask_shutdown, declared below).
+  broker::Broker::Options broker_options;
+  broker_options.threads = absl::GetFlag(FLAGS_broker_threads);
+  SHUTTLE_ASSIGN_OR_RETURN(std::unique_ptr<broker::Broker> cross_broker,
+                           broker::Broker::Create(broker_options));
+  broker::CachedTargets broker_targets(
+      [&vms](const std::string& vm) -> absl::StatusOr<broker::CachedTargets::Init> {
+        SHUTTLE_ASSIGN_OR_RETURN(VmInfo info, vms->Get(vm));
+        SHUTTLE_ASSIGN_OR_RETURN(int pidfd, vms->InitPidfd(vm));
+        return broker::CachedTargets::Init{info.init_pid, intercept::UniqueFd(pidfd)};
+      });
+  broker::RealCallerAccess caller_access;
+  broker::CrossingBroker::Options crossing_options;
+  crossing_options.open_timeout = absl::GetFlag(FLAGS_broker_timeout);
+  broker::CrossingBroker crossing(*cross_broker, broker_targets, caller_access, memory,
+                                  metrics->registry(), crossing_options);
+  struct BrokerShutdown {
+    std::unique_ptr<broker::Broker>& broker;
+    ~BrokerShutdown() { broker.reset(); }
+  } broker_shutdown{cross_broker};
+  decider.set_crossing(&crossing);
+  decider.set_vm_resolver(&resolver);
+  // Services and dependencies (issue 5): a connect the crossing finds nobody listening for may
+  // start the target VM's registered service, if a `depend` rule lets the caller's VM depend on
+  // it. Stopped (service_stop) before the broker goes, since its readiness probes use it.
+  deps::ServiceStarterOptions starter_options;
+  starter_options.launcher_path =
+      FindBinary(absl::GetFlag(FLAGS_launcher), "shuttle-launch", "driver-shim/linux");
+  starter_options.log_dir = data_dir + "/services";
+  service_starter =
+      std::make_unique<deps::ServiceStarter>(starter_options, *services, *vms, *source,
+                                             *cross_broker, policy, decider, metrics->registry());
+  crossing.set_on_demand(service_starter.get());
+  struct ServiceStop {
+    deps::ServiceStarter& starter;
+    ~ServiceStop() { starter.Stop(); }
+  } service_stop{*service_starter};
   // Whatever way Run() returns, asks in flight complete before the decider goes (their
   // completions use it).
   struct AskShutdown {
@@ -359,12 +445,42 @@ absl::Status Run(const sigset_t& signals) {
   local_options.launcher_path =
       FindBinary(absl::GetFlag(FLAGS_launcher), "shuttle-launch", "driver-shim/linux");
   LocalServer local(local_options, *vms, *source, metrics->registry());
+  local.set_services(services.get());  // Services and dependencies (issue 5).
   absl::Status started = local.Start();
   if (!started.ok()) {
     source->Stop();
     loop.join();
     return started;
   }
+  // Invocation across VMs and name transfer (issue 5): the socket every VM sees at
+  // /run/shuttle/invoke.sock, the stand-in bound over each program a rule places in another VM
+  // (kept in step with the policy and the VMs on the stand-in manager's thread), and the server
+  // that runs those programs in their VM. Declared after the VMs and the interception source it
+  // uses, so it stops first.
+  const std::string invoke_dir = absl::GetFlag(FLAGS_invoke_socket_dir).empty()
+                                     ? data_dir + "/invoke"
+                                     : absl::GetFlag(FLAGS_invoke_socket_dir);
+  SHUTTLE_RETURN_IF_ERROR(MakeDirs(invoke_dir, 0755));
+  VmMounter invoke_mounter(*vms);
+  invoke::InvokeServerOptions invoke_options;
+  invoke_options.socket_path = invoke_dir + "/invoke.sock";
+  invoke_options.launcher_path = local_options.launcher_path;
+  invoke::InvokeServer invoker(invoke_options, *vms, invoke_mounter, *source, policy,
+                               audit_spool.get(), metrics->registry());
+  if (absl::Status invoke_started = invoker.Start(); !invoke_started.ok()) {
+    source->Stop();
+    loop.join();
+    return invoke_started;
+  }
+  invoke::StandInOptions standin_options;
+  standin_options.stand_in_binary =
+      FindBinary(absl::GetFlag(FLAGS_invoke_stub), "shuttle-invoke", "driver-shim/linux");
+  standin_options.socket_dir = invoke_dir;
+  invoke::StandInManager standins(standin_options, *vms, invoke_mounter, metrics->registry());
+  standins.OnPolicy(policy.Get());
+  policy.AddObserver([&standins](const auto& compiled) { standins.OnPolicy(compiled); });
+  standins.Start();
+
   SHUTTLE_LOG(INFO) << "shuttle-agent for host " << host_id << " serving "
                     << local_options.socket_path << ", metrics on port " << metrics->port();
   if (client != nullptr) {
@@ -429,6 +545,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> normalized = shuttle::NormalizeFlagNames(argc, argv);
   std::vector<char*> normalized_argv = shuttle::FlagArgv(normalized);
   absl::ParseCommandLine(static_cast<int>(normalized.size()), normalized_argv.data());
+  shuttle::ConfigureRuntimeForProduction();
   const std::string level = absl::GetFlag(FLAGS_log_level);
   shuttle::SetMinLogLevel(level == "debug"     ? shuttle::LogLevel::kDebug
                           : level == "warning" ? shuttle::LogLevel::kWarning

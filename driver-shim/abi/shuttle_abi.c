@@ -4,23 +4,7 @@
 
 #include <string.h>
 
-static uint16_t Get16(const unsigned char* p) { return (uint16_t)(p[0] | (p[1] << 8)); }
-
-static uint32_t Get32(const unsigned char* p) {
-  return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
-}
-
-static void Put16(unsigned char* p, uint16_t v) {
-  p[0] = (unsigned char)(v & 0xff);
-  p[1] = (unsigned char)(v >> 8);
-}
-
-static void Put32(unsigned char* p, uint32_t v) {
-  p[0] = (unsigned char)(v & 0xff);
-  p[1] = (unsigned char)((v >> 8) & 0xff);
-  p[2] = (unsigned char)((v >> 16) & 0xff);
-  p[3] = (unsigned char)(v >> 24);
-}
+#include "driver-shim/abi/le.h"
 
 /* Payload length rule of each type: exact for fixed types, a range for INTERACTION. */
 static int LengthOk(uint16_t type, uint32_t length) {

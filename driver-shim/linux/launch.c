@@ -8,7 +8,7 @@
  * (ipc, uts, net, pid, then mnt, and the init's root), forks, and:
  *  - the parent (outside the VM's PID namespace, so the agent can wait for it) forwards
  *    SIGINT/SIGTERM/SIGHUP/SIGQUIT/SIGUSR1/SIGUSR2 to the child and exits with the child's exit
- *    code, or 128+signal if it was killed;
+ *    code, or dies of the signal that killed it (128+signal if that one does not kill);
  *  - the child (in the VM's PID namespace) sends HELLO with SCM_CREDENTIALS (the agent learns
  *    its pid in the agent's own PID namespace from the kernel), installs the seccomp filter
  *    with a new listener while still root, sends LISTENER with the listener's fd number, waits
@@ -33,6 +33,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -310,6 +311,21 @@ static void JoinVm(pid_t init_pid) {
   close(root);
 }
 
+/* Ends the launcher the way its child ended: killed by `sig` (no core file of its own), so that
+ * the agent's waitid tells a signal from an exit code (invocation across VMs re-raises it in
+ * the caller's VM). Exits 128+sig if the signal does not kill. */
+static void DieOfSignal(int sig, const sigset_t* blocked) {
+  const struct rlimit no_core = {0, 0};
+  setrlimit(RLIMIT_CORE, &no_core);
+  signal(sig, SIG_DFL);
+  sigset_t one;
+  sigemptyset(&one);
+  sigaddset(&one, sig);
+  if (sigismember(blocked, sig)) sigprocmask(SIG_UNBLOCK, &one, NULL);
+  raise(sig);
+  _exit(128 + sig);
+}
+
 int main(int argc, char** argv) {
   struct Options o;
   ParseArgs(argc, argv, &o);
@@ -353,6 +369,6 @@ int main(int argc, char** argv) {
     if (r < 0) Die(kExitFailure, errno, "waitpid");
     if (r == 0) continue; /* Stopped or continued, or a SIGCHLD from elsewhere. */
     if (WIFEXITED(status)) return WEXITSTATUS(status);
-    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+    if (WIFSIGNALED(status)) DieOfSignal(WTERMSIG(status), &waited);
   }
 }

@@ -39,8 +39,10 @@ static const int kNotified[] = {
     SYS_rt_sigqueueinfo,
     SYS_rt_tgsigqueueinfo,
     SYS_pidfd_send_signal,
-    /* Invocation (issue 5): SYS_execve and SYS_execveat go here, notified so that the agent
-     * can place a program in another VM. Not yet: exec is not intercepted today. */
+    /* Invocation (issue 5) does not intercept execve/execveat: the agent binds a stand-in
+     * (shuttle-invoke) over each program a rule places in another VM, so exec of that path
+     * runs the stand-in, which asks the agent (agent/invoke/). Notifying every exec would cost
+     * each exec a round trip and could not replace the image the kernel is loading anyway. */
 };
 
 #define kNotifiedCount (sizeof(kNotified) / sizeof(kNotified[0]))

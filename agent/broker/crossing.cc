@@ -320,7 +320,7 @@ void CrossingBroker::Opened(JobPtr job, absl::StatusOr<UniqueFd> opened) {
       const std::string vm = job->target.vm;
       const BrokerRequest request = job->request;
       absl::Status first = opened.status();
-      on_demand_->StartFor(subject, pid, vm, request, absl::Now() + options_.open_timeout,
+      on_demand_->StartFor(subject, pid, vm, request, absl::Now() + options_.on_demand_timeout,
                            [this, job = std::move(job), first](absl::Status started) mutable {
                              if (started.ok()) {
                                Open(std::move(job));

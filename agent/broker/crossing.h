@@ -157,6 +157,11 @@ class CrossingBroker final : public Crossing {
     // How long one open may take, from the decision (queue + connect); a retry after an
     // on-demand start gets the same again.
     absl::Duration open_timeout = absl::Seconds(5);
+    // How long a caller waits for a service that its connect starts on demand (OnDemandStarter)
+    // to become ready; the service's own start timeout bounds it too. Longer than open_timeout:
+    // a database takes seconds to start, and the caller's connect simply waits, as with socket
+    // activation.
+    absl::Duration on_demand_timeout = absl::Seconds(30);
     // Whether objects are opened as the caller (its uid, gid, groups). Tests running without
     // root turn it off; the agent never does.
     bool as_caller = true;

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <memory>
@@ -183,41 +184,70 @@ TEST_F(NameTransferTest, OnlyRegularFilesAndDirectories) {
 
 TEST_F(NameTransferTest, RacingSwapNeverExposesAnotherFile) {
   // A thread in A keeps swapping /tmp/swap between a file of A and a symlink out of A's root
-  // while names are handed over: whatever is bound reads "from a", never the secret.
+  // while names are handed over: whatever is bound reads "from a", never the secret. Odd
+  // attempts race the swapper; before each even attempt the swapper settles on the file, so the
+  // test also shows that binding /tmp/swap works at all (a race that always loses, e.g. because
+  // the renamed-over name is gone by the time it is mounted, would prove nothing).
   const std::string swap = InRoot(a_, "/tmp/swap");
   const std::string file_tmp = InRoot(a_, "/tmp/swap.file");
   const std::string link_tmp = InRoot(a_, "/tmp/swap.link");
-  std::atomic<bool> stop{false};
-  // The first swap (a hard link of the file) must work, or the race below proves nothing.
   ASSERT_EQ(link(InRoot(a_, "/tmp/in-a.txt").c_str(), swap.c_str()), 0) << strerror(errno);
+  std::atomic<bool> stop{false};
+  std::atomic<bool> racing{false};
+  std::atomic<int> settled_round{-1};  // The swapper's answer to `round`: /tmp/swap is the file.
+  std::atomic<int> round{0};
   std::thread swapper([&] {
+    auto to_file = [&] {
+      (void)!unlink(file_tmp.c_str());
+      (void)!link(InRoot(a_, "/tmp/in-a.txt").c_str(), file_tmp.c_str());
+      (void)!rename(file_tmp.c_str(), swap.c_str());
+    };
     for (int i = 0; !stop.load(); ++i) {
+      if (!racing.load()) {
+        const int r = round.load();
+        if (settled_round.load() != r) {
+          to_file();
+          settled_round.store(r);
+        }
+        std::this_thread::yield();
+        continue;
+      }
       if (i % 2 == 0) {
-        (void)!link(InRoot(a_, "/tmp/in-a.txt").c_str(), file_tmp.c_str());
-        (void)!rename(file_tmp.c_str(), swap.c_str());
+        to_file();
       } else {
         (void)!symlink(secret_.c_str(), link_tmp.c_str());
         (void)!rename(link_tmp.c_str(), swap.c_str());
       }
     }
   });
-  int bound = 0;
+  int bound_calm = 0;
+  int bound_racing = 0;
   absl::Status last_error;
   for (int i = 0; i < 200; ++i) {
+    const bool race = i % 2 == 1;
+    if (!race) {
+      racing.store(false);
+      round.store(i);
+      while (settled_round.load() != i) std::this_thread::yield();
+    } else {
+      racing.store(true);
+    }
     NameTransfer transfer(*mounter_, "xa", "xb", absl::StrCat("/run/shuttle-xfer/race", i));
     absl::StatusOr<Transferred> t = transfer.Bind("/tmp/swap", 1, false);
     if (!t.ok()) {
-      last_error = t.status();
+      // Losing the race fails closed (the name vanished or left the root), never worse.
+      if (!race) last_error = t.status();
       continue;
     }
-    ++bound;
+    ++(race ? bound_racing : bound_calm);
     std::string seen = ReadInB(t->target_path);
     EXPECT_NE(seen, "SECRET") << "a racing swap exposed a file outside the caller's VM";
     EXPECT_EQ(seen, "from a");
   }
   stop.store(true);
   swapper.join();
-  EXPECT_GT(bound, 0) << last_error;
+  EXPECT_EQ(bound_calm, 100) << last_error;
+  std::printf("racing attempts that bound the file: %d of 100\n", bound_racing);
 }
 
 }  // namespace

@@ -7,8 +7,10 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -90,6 +92,14 @@ class ServiceStarterTest : public ::testing::Test {
     ASSERT_NE(::mkdtemp(tmpl), nullptr);
     env_ = new Env;
     env_->root = tmpl;
+    ASSERT_EQ(::chmod(tmpl, 0755), 0);
+    // The build tree may live under /tmp (a CI clone does), which every VM has private: the
+    // service's binary must be where VM db sees it.
+    env_->echo_server = env_->root + "/echo-server";
+    std::error_code copied;
+    std::filesystem::copy_file(SHUTTLE_ECHO_SERVER_PATH, env_->echo_server, copied);
+    ASSERT_FALSE(copied) << "copying " << SHUTTLE_ECHO_SERVER_PATH << ": " << copied.message();
+    ASSERT_EQ(::chmod(env_->echo_server.c_str(), 0755), 0);
     VmManagerOptions vm_options;
     vm_options.state_dir = env_->root + "/vms";
     vm_options.init_binary = SHUTTLE_VM_INIT_PATH;
@@ -152,7 +162,7 @@ class ServiceStarterTest : public ::testing::Test {
     v1::LocalService service;
     service.set_vm("db");
     service.set_name(name);
-    service.add_argv(SHUTTLE_ECHO_SERVER_PATH);
+    service.add_argv(env_->echo_server);
     service.add_argv(path);
     for (const std::string& arg : args) service.add_argv(arg);
     service.set_ready("unix:" + path);
@@ -198,6 +208,7 @@ class ServiceStarterTest : public ::testing::Test {
 
   struct Env {
     std::string root;
+    std::string echo_server;  // A copy of the test server under root, visible in the VMs.
     std::unique_ptr<VmManager> vms;
     std::unique_ptr<intercept::SeccompInterceptionSource> source;
     intercept::RealProcessMemory memory;

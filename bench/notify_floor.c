@@ -7,6 +7,11 @@
 // does), with SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP set when the kernel has it. Prints, per mode,
 // the median bare and notified ns/op and the median ratio over the rounds: Shuttle's own ratio
 // (scripts/bench.sh) can't go below it.
+// A third mode ("addfd", issue 5's brokered connect) is the floor of brokering: the supervisor
+// answers each connect() by connecting a socket of its own to the same listener, putting it in
+// place of the caller's socket (SECCOMP_IOCTL_NOTIF_ADDFD with SECCOMP_ADDFD_FLAG_SETFD) and
+// answering 0, which is what the agent does for a cross-VM connect minus the policy, the
+// target VM and the audit.
 //
 // usage: shuttle_bench_notify_floor [-r ROUNDS] [N]      (libc only; no root needed)
 #define _GNU_SOURCE
@@ -114,8 +119,33 @@ static void Child(int n, int report_fd, int go_fd) {
   _exit(0);
 }
 
-// Parent: answers CONTINUE to every notification until the child is gone.
-static void Serve(int notify_fd, int use_epoll) {
+// Brokers one connect the way the agent does, minimal: a socket of the supervisor's own,
+// connected to `addr`, replaces the caller's fd (args[0]), and connect() returns 0.
+static void AnswerWithFd(int notify_fd, const struct seccomp_notif* notif,
+                         const struct sockaddr_un* addr) {
+  struct seccomp_notif_resp resp;
+  memset(&resp, 0, sizeof(resp));
+  resp.id = notif->id;
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0 || connect(fd, (const struct sockaddr*)addr, sizeof(*addr)) != 0) {
+    resp.error = -ECONNREFUSED;
+  } else {
+    struct seccomp_notif_addfd addfd;
+    memset(&addfd, 0, sizeof(addfd));
+    addfd.id = notif->id;
+    addfd.flags = SECCOMP_ADDFD_FLAG_SETFD;
+    addfd.srcfd = (uint32_t)fd;
+    addfd.newfd = (uint32_t)notif->data.args[0];
+    addfd.newfd_flags = O_CLOEXEC;
+    if (ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_ADDFD, &addfd) < 0) resp.error = -errno;
+  }
+  if (fd >= 0) close(fd);
+  ioctl(notify_fd, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+}
+
+// Parent: answers every notification until the child is gone: CONTINUE, or (broker_to != NULL)
+// with a descriptor of its own connected to broker_to.
+static void Serve(int notify_fd, int use_epoll, const struct sockaddr_un* broker_to) {
   int ep = -1;
   if (use_epoll) {
     ep = epoll_create1(EPOLL_CLOEXEC);
@@ -141,6 +171,10 @@ static void Serve(int notify_fd, int use_epoll) {
       if (errno == ENOENT && poll(&pfd, 1, 0) == 0) continue;
       break;
     }
+    if (broker_to != NULL) {
+      AnswerWithFd(notify_fd, &notif, broker_to);
+      continue;
+    }
     memset(&resp, 0, sizeof(resp));
     resp.id = notif.id;
     resp.flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE;
@@ -149,8 +183,9 @@ static void Serve(int notify_fd, int use_epoll) {
   if (ep >= 0) close(ep);
 }
 
-// One round: returns bare and notified ns/op in out[0], out[1].
-static void Round(int n, int use_epoll, double out[2]) {
+// One round of `mode` (0 recv, 1 epoll, 2 addfd): returns bare and notified ns/op in out[0],
+// out[1].
+static void Round(int n, int mode, double out[2]) {
   int report[2], go[2];
   if (pipe2(report, O_CLOEXEC) != 0 || pipe2(go, O_CLOEXEC) != 0) Die("pipe");
   pid_t child = fork();
@@ -170,7 +205,10 @@ static void Round(int n, int use_epoll, double out[2]) {
   if (server == 0) {
     close(report[0]);
     close(go[1]);
-    Serve(notify_fd, use_epoll);
+    struct sockaddr_un child_addr = {.sun_family = AF_UNIX};
+    snprintf(child_addr.sun_path, sizeof(child_addr.sun_path), "/dev/shm/shuttle-floor-%d.sock",
+             (int)child);
+    Serve(notify_fd, mode == 1, mode == 2 ? &child_addr : NULL);
     _exit(0);
   }
   close(notify_fd);
@@ -207,9 +245,10 @@ int main(int argc, char** argv) {
     fprintf(stderr, "usage: shuttle_bench_notify_floor [-r 1..%d] [N>0]\n", kMaxRounds);
     return 2;
   }
-  static double bare[2][kMaxRounds], notified[2][kMaxRounds], ratio[2][kMaxRounds];
+  enum { kModes = 3 };
+  static double bare[kModes][kMaxRounds], notified[kModes][kMaxRounds], ratio[kModes][kMaxRounds];
   for (int r = 0; r < rounds; ++r) {
-    for (int mode = 0; mode < 2; ++mode) {  // Interleaved, so noise hits both modes alike.
+    for (int mode = 0; mode < kModes; ++mode) {  // Interleaved, so noise hits all modes alike.
       double out[2];
       Round(n, mode, out);
       bare[mode][r] = out[0];
@@ -217,13 +256,13 @@ int main(int argc, char** argv) {
       ratio[mode][r] = out[1] / out[0];
     }
   }
-  const char* names[2] = {"recv", "epoll"};
-  for (int mode = 0; mode < 2; ++mode) {
-    printf(
-        "floor %-5s bare %.1f ns/op, do-nothing supervisor %.1f ns/op, ratio %.3f (N=%d, %d "
-        "rounds)\n",
-        names[mode], Median(bare[mode], rounds), Median(notified[mode], rounds),
-        Median(ratio[mode], rounds), n, rounds);
+  const char* names[kModes] = {"recv", "epoll", "addfd"};
+  const char* what[kModes] = {"do-nothing supervisor", "do-nothing supervisor",
+                              "supervisor brokering each connect (connect + ADDFD SETFD)"};
+  for (int mode = 0; mode < kModes; ++mode) {
+    printf("floor %-5s bare %.1f ns/op, %s %.1f ns/op, ratio %.3f (N=%d, %d rounds)\n", names[mode],
+           Median(bare[mode], rounds), what[mode], Median(notified[mode], rounds),
+           Median(ratio[mode], rounds), n, rounds);
   }
   return 0;
 }

@@ -313,7 +313,7 @@ if [ "$DO_SYSCALL" != 0 ]; then
 
   # What any seccomp user-notify supervisor costs on this machine: the same connect() loop with a
   # supervisor process that only answers CONTINUE. Shuttle's connect ratio can't go below it.
-  printf '\nfloor: a do-nothing user-notify supervisor in another process (bench/notify_floor.c)\n'
+  printf '\nfloor: a do-nothing user-notify supervisor in another process, and one that brokers\nevery connect with ADDFD (bench/notify_floor.c)\n'
   timeout 300 "$FLOOR" -r "$ROUNDS" "$N"
 fi
 

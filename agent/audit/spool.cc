@@ -413,6 +413,7 @@ void AuditSpool::Submit(v1::AuditRecord record) {
 bool AuditSpool::Flush(absl::Duration timeout) {
   absl::MutexLock lock(&queue_mu_);
   const uint64_t target = last_queued_seq_;
+  flush_requested_ = true;
   auto done = [this, target]() ABSL_SHARED_LOCKS_REQUIRED(queue_mu_) {
     return processed_seq_ >= target || writer_done_;
   };
@@ -438,6 +439,9 @@ void AuditSpool::Stop() {
   });
 }
 
+// Records that make the writer commit without waiting out the commit delay.
+constexpr size_t kCommitBatch = 256;
+
 void AuditSpool::WriterLoop() {
   while (true) {
     std::deque<Queued> batch;
@@ -448,6 +452,14 @@ void AuditSpool::WriterLoop() {
         return !queue_.empty() || stopping_;
       };
       queue_mu_.Await(absl::Condition(&ready));
+      if (!stopping_ && !flush_requested_ && options_.commit_delay > absl::ZeroDuration()) {
+        // Group commit: let more records join this fsync (see AuditSpoolOptions::commit_delay).
+        auto go = [this]() ABSL_SHARED_LOCKS_REQUIRED(queue_mu_) {
+          return stopping_ || flush_requested_ || queue_.size() >= kCommitBatch;
+        };
+        queue_mu_.AwaitWithTimeout(absl::Condition(&go), options_.commit_delay);
+      }
+      flush_requested_ = false;
       batch.swap(queue_);
       stop = stopping_;
     }

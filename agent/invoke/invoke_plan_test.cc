@@ -8,7 +8,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "policy/parser.h"
+#include "policy/policy_testing.h"
 
 namespace shuttle::agent::invoke {
 namespace {
@@ -17,15 +17,7 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
 std::shared_ptr<const policy::CompiledPolicy> Compile(const std::string& yaml) {
-  absl::StatusOr<v1::Policy> parsed = policy::ParsePolicyOrStatus(yaml, "test.yaml");
-  EXPECT_TRUE(parsed.ok()) << parsed.status();
-  v1::PolicyBundle bundle;
-  bundle.set_version(1);
-  *bundle.add_policies() = *parsed;
-  absl::StatusOr<std::shared_ptr<const policy::CompiledPolicy>> compiled =
-      policy::CompiledPolicy::Compile(bundle);
-  EXPECT_TRUE(compiled.ok()) << compiled.status();
-  return *compiled;
+  return policy::testing::CompileYaml(yaml);
 }
 
 constexpr char kPolicy[] = R"(

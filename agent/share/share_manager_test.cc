@@ -15,10 +15,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
-#include "agent/share/share_testing.h"
 #include "common/status_matchers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "policy/policy_testing.h"
 
 namespace shuttle::agent::share {
 namespace {
@@ -90,7 +90,7 @@ class FakeMounter final : public ShareMounter {
   absl::Status fail_with_ ABSL_GUARDED_BY(mu_);
 };
 
-using testing::CompileYaml;
+using ::shuttle::policy::testing::CompileYaml;
 
 constexpr char kFifoPolicy[] = R"(
 name: p

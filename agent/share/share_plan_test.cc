@@ -6,10 +6,10 @@
 #include <string>
 #include <vector>
 
-#include "agent/share/share_testing.h"
 #include "common/status_matchers.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "policy/policy_testing.h"
 
 namespace shuttle::agent::share {
 namespace {
@@ -18,7 +18,7 @@ using ::testing::ElementsAre;
 using ::testing::Field;
 using ::testing::IsEmpty;
 
-using testing::CompileYaml;
+using ::shuttle::policy::testing::CompileYaml;
 
 const std::vector<std::string> kVms = {"db", "web", "worker"};
 

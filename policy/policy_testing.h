@@ -1,6 +1,7 @@
-// Test helper for the share tests (header-only, tests only): compiles one YAML policy.
-#ifndef SHUTTLE_AGENT_SHARE_SHARE_TESTING_H_
-#define SHUTTLE_AGENT_SHARE_SHARE_TESTING_H_
+// Test helper (header-only, tests only): compiles one YAML policy, for tests of code that
+// consumes a CompiledPolicy (the agent's sharing, invocation, ...).
+#ifndef SHUTTLE_POLICY_POLICY_TESTING_H_
+#define SHUTTLE_POLICY_POLICY_TESTING_H_
 
 #include <memory>
 #include <string>
@@ -9,7 +10,7 @@
 #include "policy/matcher.h"
 #include "policy/parser.h"
 
-namespace shuttle::agent::share::testing {
+namespace shuttle::policy::testing {
 
 // The compiled policy of `yaml` (one policy, every host); a parse or compile error fails the
 // calling test (and returns null).
@@ -26,6 +27,6 @@ inline std::shared_ptr<const policy::CompiledPolicy> CompileYaml(const std::stri
   return compiled.ok() ? *compiled : nullptr;
 }
 
-}  // namespace shuttle::agent::share::testing
+}  // namespace shuttle::policy::testing
 
-#endif  // SHUTTLE_AGENT_SHARE_SHARE_TESTING_H_
+#endif  // SHUTTLE_POLICY_POLICY_TESTING_H_

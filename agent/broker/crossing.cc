@@ -126,22 +126,6 @@ absl::StatusOr<CallerSocket> RealCallerAccess::InspectSocket(pid_t tid, int fd) 
   return InspectCallerSocket(tid, fd);
 }
 
-absl::StatusOr<std::string> RealCallerAccess::WorkingDirectory(pid_t tid) {
-  const std::string link = absl::StrCat("/proc/", tid, "/cwd");
-  char buf[4096];
-  const ssize_t n = ::readlink(link.c_str(), buf, sizeof(buf));
-  if (n < 0) {
-    if (errno == ENOENT || errno == ESRCH) {
-      return absl::NotFoundError(absl::StrCat("caller ", tid, " is gone"));
-    }
-    return ErrnoError(errno, absl::StrCat("readlink ", link));
-  }
-  if (static_cast<size_t>(n) == sizeof(buf) || buf[0] != '/') {
-    return ErrnoError(ENAMETOOLONG, absl::StrCat(link, ": no usable working directory"));
-  }
-  return std::string(buf, static_cast<size_t>(n));
-}
-
 absl::Status RealCallerAccess::InjectConnected(int channel_fd, uint64_t id, pid_t tid,
                                                int caller_fd, UniqueFd fd) {
   return InjectConnectedSocket(channel_fd, id, tid, caller_fd, std::move(fd));
@@ -265,9 +249,11 @@ absl::StatusOr<BrokerRequest> CrossingBroker::BuildRequest(const Job& job, OpenO
     if (!name.empty() && name[0] == '@') {
       return UnixAbstractRequest{name.substr(1), socket.type};
     }
-    if (!name.empty() && name[0] != '/') {
-      SHUTTLE_ASSIGN_OR_RETURN(std::string cwd, caller_.WorkingDirectory(call.pid));
-      return UnixPathRequest{absl::StrCat(cwd, cwd.back() == '/' ? "" : "/", name), socket.type};
+    if (name.empty() || name[0] != '/') {
+      // The decider hands over relative paths already made absolute (AbsoluteUnixPath, from the
+      // caller's working directory); one it could not resolve means the caller is gone.
+      return absl::NotFoundError(
+          absl::StrCat("unix path '", name, "' is relative: caller ", call.pid, " is gone"));
     }
     return UnixPathRequest{name, socket.type};
   }

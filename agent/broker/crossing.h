@@ -8,7 +8,8 @@
 // By syscall:
 //  - connect() to a unix path or abstract name, or to a loopback TCP/UDP address: the brokered,
 //    connected socket replaces the caller's socket (same fd number) and connect() returns 0. A
-//    relative unix path is made absolute from the caller's working directory. A UDP connect
+//    relative unix path arrives made absolute by the decider (from the caller's working
+//    directory, as the policy matched it). A UDP connect
 //    fixes the peer in the target; later send()s carry no address and go there directly.
 //  - mq_open(): the queue is opened in the target's IPC namespace with the caller's flags, mode
 //    and mq_attr, and its descriptor is the call's result.
@@ -130,8 +131,6 @@ class CallerAccess {
   virtual ~CallerAccess() = default;
   virtual absl::StatusOr<Credentials> ReadCredentials(pid_t tid) = 0;
   virtual absl::StatusOr<CallerSocket> InspectSocket(pid_t tid, int fd) = 0;
-  // The caller's working directory as it sees it (absolute). NOT_FOUND if it is gone.
-  virtual absl::StatusOr<std::string> WorkingDirectory(pid_t tid) = 0;
   // injection.h's InjectConnectedSocket / InjectAsResult on `channel_fd` (not owned).
   virtual absl::Status InjectConnected(int channel_fd, uint64_t id, pid_t tid, int caller_fd,
                                        UniqueFd fd) = 0;
@@ -144,7 +143,6 @@ class RealCallerAccess final : public CallerAccess {
  public:
   absl::StatusOr<Credentials> ReadCredentials(pid_t tid) override;
   absl::StatusOr<CallerSocket> InspectSocket(pid_t tid, int fd) override;
-  absl::StatusOr<std::string> WorkingDirectory(pid_t tid) override;
   absl::Status InjectConnected(int channel_fd, uint64_t id, pid_t tid, int caller_fd,
                                UniqueFd fd) override;
   absl::StatusOr<int> InjectResult(int channel_fd, uint64_t id, UniqueFd fd,

@@ -72,7 +72,6 @@ class FakeCaller final : public CallerAccess {
     s.type = SOCK_STREAM;
     return s;
   }
-  absl::StatusOr<std::string> WorkingDirectory(pid_t) override { return cwd; }
   absl::Status InjectConnected(int, uint64_t id, pid_t, int, UniqueFd fd) override {
     absl::MutexLock lock(&mu);
     if (!inject_error.ok()) return inject_error;
@@ -93,7 +92,6 @@ class FakeCaller final : public CallerAccess {
     return fd;
   }
 
-  std::string cwd = "/";
   absl::Mutex mu;
   absl::Status inject_error ABSL_GUARDED_BY(mu);
   std::map<uint64_t, UniqueFd> injected ABSL_GUARDED_BY(mu);

@@ -6,6 +6,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <utility>
 
@@ -71,37 +72,32 @@ class NamespaceScope {
 };
 
 // Gives the calling worker thread (only it: raw syscalls, not glibc's process-wide set*id) the
-// caller's effective and file-system uid and gid and its groups, and restores the agent's when
-// destroyed. The real and saved uid stay the agent's, so the way back needs no capability.
+// caller's effective and file-system uid and gid and its groups, and restores the agent's
+// (`own`, read once by Broker::Create) when destroyed. The real and saved uid stay the agent's,
+// so the way back needs no capability. A caller with the agent's own identity (root in a VM
+// without a user namespace of its own) needs no switch, and gets none.
 class CredentialScope {
  public:
-  CredentialScope() = default;
+  explicit CredentialScope(const Credentials& own) : own_(own) {}
   CredentialScope(const CredentialScope&) = delete;
   CredentialScope& operator=(const CredentialScope&) = delete;
   ~CredentialScope() {
     if (!entered_) return;
-    if (syscall(SYS_setresuid, -1, saved_euid_, -1) != 0 ||
-        syscall(SYS_setresgid, -1, saved_egid_, -1) != 0 ||
-        syscall(SYS_setgroups, saved_groups_.size(), saved_groups_.data()) != 0) {
+    if (syscall(SYS_setresuid, -1, own_.uid, -1) != 0 ||
+        syscall(SYS_setresgid, -1, own_.gid, -1) != 0 ||
+        syscall(SYS_setgroups, own_.groups.size(), own_.groups.data()) != 0) {
       SHUTTLE_LOG(FATAL) << "broker worker cannot restore the agent's credentials: "
                          << strerror(errno);
     }
   }
 
   absl::Status Enter(const Credentials& as, absl::string_view where) {
-    uid_t ruid, suid;
-    gid_t rgid, sgid;
-    if (getresuid(&ruid, &saved_euid_, &suid) != 0 || getresgid(&rgid, &saved_egid_, &sgid) != 0) {
-      return ErrnoError(errno, absl::StrCat(where, ": reading the agent's credentials"));
-    }
-    const int n = getgroups(0, nullptr);
-    if (n < 0) return ErrnoError(errno, absl::StrCat(where, ": getgroups"));
-    saved_groups_.resize(static_cast<size_t>(n));
-    if (getgroups(n, saved_groups_.data()) != n) {
-      return ErrnoError(errno, absl::StrCat(where, ": getgroups"));
+    const size_t groups = std::min(as.groups.size(), kMaxGroups);
+    if (as.uid == own_.uid && as.gid == own_.gid && groups == own_.groups.size() &&
+        std::equal(own_.groups.begin(), own_.groups.end(), as.groups.begin())) {
+      return absl::OkStatus();
     }
     entered_ = true;  // From here on, whatever was changed is restored.
-    const size_t groups = std::min(as.groups.size(), kMaxGroups);
     if (syscall(SYS_setgroups, groups, as.groups.data()) != 0 ||
         syscall(SYS_setresgid, -1, as.gid, -1) != 0 ||
         syscall(SYS_setresuid, -1, as.uid, -1) != 0) {
@@ -111,11 +107,26 @@ class CredentialScope {
   }
 
  private:
+  const Credentials& own_;
   bool entered_ = false;
-  uid_t saved_euid_ = 0;
-  gid_t saved_egid_ = 0;
-  std::vector<gid_t> saved_groups_;
 };
+
+// The calling thread's effective uid and gid and its groups: the agent's own, which workers
+// return to after each job.
+absl::StatusOr<Credentials> OwnCredentials() {
+  Credentials own;
+  own.uid = geteuid();
+  own.gid = getegid();
+  const int n = getgroups(0, nullptr);
+  if (n < 0) return ErrnoError(errno, "broker: getgroups");
+  own.groups.resize(static_cast<size_t>(n));
+  if (getgroups(n, own.groups.data()) != n) return ErrnoError(errno, "broker: getgroups");
+  if (own.groups.size() > kMaxGroups) {
+    return absl::FailedPreconditionError(absl::StrCat("broker: the agent has ", own.groups.size(),
+                                                      " groups, more than ", kMaxGroups));
+  }
+  return own;
+}
 
 absl::StatusOr<UniqueFd> OpenOwnNamespace(const char* kind) {
   const std::string path = absl::StrCat("/proc/thread-self/ns/", kind);
@@ -179,11 +190,16 @@ absl::StatusOr<std::unique_ptr<Broker>> Broker::Create(const Options& options) {
   }
   SHUTTLE_ASSIGN_OR_RETURN(UniqueFd net, OpenOwnNamespace("net"));
   SHUTTLE_ASSIGN_OR_RETURN(UniqueFd ipc, OpenOwnNamespace("ipc"));
-  return std::unique_ptr<Broker>(new Broker(options, std::move(net), std::move(ipc)));
+  SHUTTLE_ASSIGN_OR_RETURN(Credentials own, OwnCredentials());
+  return std::unique_ptr<Broker>(
+      new Broker(options, std::move(net), std::move(ipc), std::move(own)));
 }
 
-Broker::Broker(const Options& options, UniqueFd home_net, UniqueFd home_ipc)
-    : options_(options), home_net_(std::move(home_net)), home_ipc_(std::move(home_ipc)) {
+Broker::Broker(const Options& options, UniqueFd home_net, UniqueFd home_ipc, Credentials own)
+    : options_(options),
+      home_net_(std::move(home_net)),
+      home_ipc_(std::move(home_ipc)),
+      own_(std::move(own)) {
   // New threads start in this (the creating) thread's namespaces: the agent's own.
   for (int i = 0; i < options_.threads; ++i) workers_.emplace_back([this] { Work(); });
 }
@@ -217,6 +233,23 @@ void Broker::Open(BrokerTargetPtr target, BrokerRequest request, OpenOptions opt
   std::move(done)(absl::ResourceExhaustedError(absl::StrCat(
       "broker: ", options_.max_queued, " requests already queued (or stopping); refused ",
       target->name(), ": ", DescribeRequest(request))));
+}
+
+ConnectNowResult Broker::ConnectNow(const BrokerTarget& target, const UnixPathRequest& request,
+                                    const OpenOptions& options, int socket_fd) {
+  if (!broker_internal::ValidateRequest(request).ok()) return ConnectNowResult::kUseOpen;
+  absl::StatusOr<UniqueFd> root = target.OpenRoot();  // As the agent, as in RunJob.
+  if (!root.ok()) return ConnectNowResult::kUseOpen;
+  ConnectNowResult result;
+  {
+    CredentialScope creds(own_);
+    if (options.as && !creds.Enter(*options.as, target.name()).ok()) {
+      return ConnectNowResult::kUseOpen;
+    }
+    result = broker_internal::ConnectInPlaceNow(root->get(), request, socket_fd);
+  }
+  if (result == ConnectNowResult::kConnected) Count(absl::OkStatus());
+  return result;
 }
 
 absl::StatusOr<UniqueFd> Broker::OpenAndWait(BrokerTargetPtr target, BrokerRequest request,
@@ -258,7 +291,8 @@ absl::StatusOr<UniqueFd> Broker::RunJob(const Job& job) {
     return ErrnoErrorWithCode(absl::StatusCode::kDeadlineExceeded, ETIMEDOUT,
                               absl::StrCat(where, ": deadline passed while queued"));
   }
-  SHUTTLE_RETURN_IF_ERROR(target.CheckAlive());
+  // No liveness check up front: each way into a VM checks it (OpenRoot polls the init's pidfd;
+  // setns through a gone init's pidfd fails with ESRCH), and the host is always there.
 
   // The root is opened as the agent (it takes ptrace access to the init); everything after,
   // as the caller.
@@ -279,7 +313,7 @@ absl::StatusOr<UniqueFd> Broker::RunJob(const Job& job) {
   // Destroyed in reverse order: credentials first (setns back needs the agent's capabilities).
   NamespaceScope ns(home, nstype);
   if (nstype != 0 && !target.is_host()) SHUTTLE_RETURN_IF_ERROR(ns.Enter(target));
-  CredentialScope creds;
+  CredentialScope creds(own_);
   if (job.options.as) SHUTTLE_RETURN_IF_ERROR(creds.Enter(*job.options.as, where));
 
   const absl::Time deadline = job.options.deadline;

@@ -100,6 +100,14 @@ struct OpenOptions {
   std::optional<Credentials> as;
 };
 
+// What Broker::ConnectNow did.
+enum class ConnectNowResult {
+  kConnected,   // The socket is connected.
+  kWouldBlock,  // A non-blocking socket and a full backlog: the caller gets EAGAIN, as natively.
+  kUseOpen,     // Not possible without waiting (a blocking socket and a full backlog, a path not
+                // in the cache), or failed: use Open().
+};
+
 // Counters; relaxed atomics, read at any time.
 struct BrokerStats {
   std::atomic<uint64_t> brokered{0};          // Objects opened.
@@ -119,8 +127,9 @@ class Broker {
     int threads = 4;           // Worker threads (at least 1).
     size_t max_queued = 1024;  // Jobs waiting beyond this are failed with RESOURCE_EXHAUSTED.
   };
-  // Receives the opened descriptor (O_CLOEXEC, blocking mode, owned by the callee) or the error,
-  // which names the target, the object and the errno (ErrnoForStatus() gives the errno).
+  // Receives the opened descriptor (O_CLOEXEC, blocking mode, no socket timeouts, owned by the
+  // callee) or the error, which names the target, the object and the errno (ErrnoForStatus()
+  // gives the errno).
   using Callback = absl::AnyInvocable<void(absl::StatusOr<UniqueFd>) &&>;
 
   // Starts the workers. Must be called on a thread that is in the agent's own (host) network
@@ -139,6 +148,19 @@ class Broker {
   // Thread-safe. `done` must not block for long: it holds a worker.
   void Open(BrokerTargetPtr target, BrokerRequest request, OpenOptions options, Callback done);
 
+  // Connects `socket_fd` (a duplicate of the caller's own unix socket, see injection.h's
+  // DuplicateCallerFd) to `request`'s path in `target`, on the calling thread, if that needs no
+  // waiting at all: the path is in the kernel's cache and the server's backlog has room (the
+  // common case, and the one whose latency applications notice). The caller's socket itself is
+  // connected, so everything set on it before (options, a bound name) stays. Safe on the
+  // notification loop: no blocking syscall, no namespace change; the thread runs as
+  // options.as for a few syscalls when that differs from the agent's identity. kUseOpen for
+  // anything but success or a non-blocking caller's EAGAIN (not cached, nothing there, no
+  // permission): Open() then opens a new socket on a worker and names the error.
+  // Thread-safe.
+  ConnectNowResult ConnectNow(const BrokerTarget& target, const UnixPathRequest& request,
+                              const OpenOptions& options, int socket_fd);
+
   // Open() and wait for the result. For tools and tests; never call it on the notification loop.
   absl::StatusOr<UniqueFd> OpenAndWait(BrokerTargetPtr target, BrokerRequest request,
                                        OpenOptions options);
@@ -153,7 +175,7 @@ class Broker {
     Callback done;
   };
 
-  Broker(const Options& options, UniqueFd home_net, UniqueFd home_ipc);
+  Broker(const Options& options, UniqueFd home_net, UniqueFd home_ipc, Credentials own);
   void Work();
   absl::StatusOr<UniqueFd> RunJob(const Job& job);
   void Count(const absl::Status& status);
@@ -162,6 +184,8 @@ class Broker {
   // The agent's own namespaces, which a worker returns to after each job.
   const UniqueFd home_net_;
   const UniqueFd home_ipc_;
+  // The agent's own effective ids and groups, which a worker returns to after each job.
+  const Credentials own_;
   BrokerStats stats_;
 
   absl::Mutex mu_;

@@ -451,7 +451,7 @@ class BrokerInjectionTest : public BrokerVmTest {
     SHUTTLE_ASSERT_OK_AND_ASSIGN(options.as, ReadCallerCredentials(tid()));
     SHUTTLE_ASSERT_OK_AND_ASSIGN(UniqueFd fd,
                                  Open(UnixPathRequest{"/run/other.sock", socket.type}, options));
-    EXPECT_THAT(InjectConnectedSocket(listener_.get(), notif_.id, tid(), caller_fd, std::move(fd)),
+    EXPECT_THAT(InjectConnectedSocket(listener_.get(), notif_.id, caller_fd, socket, std::move(fd)),
                 IsOk());
   }
 
@@ -486,9 +486,10 @@ TEST_F(BrokerInjectionTest, InjectedConnectKeepsNonblockAndNoCloexec) {
 TEST_F(BrokerInjectionTest, SocketTypeMismatchIsAClearError) {
   StartCaller({"connect", "/nowhere/app.sock", "dgram"});
   const int caller_fd = static_cast<int>(notif_.data.args[0]);
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(CallerSocket socket, InspectCallerSocket(tid(), caller_fd));
   SHUTTLE_ASSERT_OK_AND_ASSIGN(UniqueFd stream, OpenPath("/run/other.sock", SOCK_STREAM));
   absl::Status injected =
-      InjectConnectedSocket(listener_.get(), notif_.id, tid(), caller_fd, std::move(stream));
+      InjectConnectedSocket(listener_.get(), notif_.id, caller_fd, socket, std::move(stream));
   EXPECT_THAT(injected, StatusIs(absl::StatusCode::kFailedPrecondition,
                                  HasSubstr(absl::StrCat("fd ", caller_fd, " is a socket of"))));
   // The notification is still pending: fail it with the errno the status carries.
@@ -521,9 +522,10 @@ TEST_F(BrokerInjectionTest, InjectedMqOpenReturnsTheVmsQueue) {
 TEST_F(BrokerInjectionTest, InjectingForAGoneCallerIsNotFound) {
   StartCaller({"connect", "/nowhere/app.sock"});
   const int caller_fd = static_cast<int>(notif_.data.args[0]);
+  SHUTTLE_ASSERT_OK_AND_ASSIGN(CallerSocket socket, InspectCallerSocket(tid(), caller_fd));
   SHUTTLE_ASSERT_OK_AND_ASSIGN(UniqueFd fd, OpenPath("/run/other.sock"));
   caller_.reset();  // Killed and reaped: the notification is no longer pending.
-  EXPECT_THAT(InjectConnectedSocket(listener_.get(), notif_.id, tid(), caller_fd, std::move(fd)),
+  EXPECT_THAT(InjectConnectedSocket(listener_.get(), notif_.id, caller_fd, socket, std::move(fd)),
               StatusIs(absl::StatusCode::kNotFound, HasSubstr("gone")));
 }
 

@@ -138,6 +138,24 @@ TEST(CallerTest, ReadsOwnCredentialsAndSocket) {
   EXPECT_EQ(info->type, SOCK_SEQPACKET);
   EXPECT_TRUE(info->nonblocking);
   EXPECT_TRUE(info->cloexec);
+  EXPECT_FALSE(info->connected);
+  EXPECT_EQ(info->send_timeout.tv_sec, 0);
+  EXPECT_EQ(info->receive_timeout.tv_sec, 0);
+  // A connected pair with timeouts: both read, as the injection carries them over.
+  int pair[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, pair), 0);
+  UniqueFd a(pair[0]), b(pair[1]);
+  const timeval send_timeout{3, 0}, receive_timeout{5, 0};
+  ASSERT_EQ(setsockopt(a.get(), SOL_SOCKET, SO_SNDTIMEO, &send_timeout, sizeof(send_timeout)), 0);
+  ASSERT_EQ(setsockopt(a.get(), SOL_SOCKET, SO_RCVTIMEO, &receive_timeout, sizeof(receive_timeout)),
+            0);
+  info = InspectCallerSocket(getpid(), a.get());
+  ASSERT_THAT(info, IsOk());
+  EXPECT_TRUE(info->connected);
+  EXPECT_FALSE(info->nonblocking);
+  EXPECT_FALSE(info->cloexec);
+  EXPECT_EQ(info->send_timeout.tv_sec, 3);
+  EXPECT_EQ(info->receive_timeout.tv_sec, 5);
   UniqueFd file(open("/proc/self/status", O_RDONLY));  // Not close-on-exec, not a socket.
   EXPECT_THAT(InspectCallerSocket(getpid(), file.get()),
               StatusIs(absl::StatusCode::kFailedPrecondition, HasSubstr("not a socket")));

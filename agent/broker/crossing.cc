@@ -126,9 +126,20 @@ absl::StatusOr<CallerSocket> RealCallerAccess::InspectSocket(pid_t tid, int fd) 
   return InspectCallerSocket(tid, fd);
 }
 
-absl::Status RealCallerAccess::InjectConnected(int channel_fd, uint64_t id, pid_t tid,
-                                               int caller_fd, UniqueFd fd) {
-  return InjectConnectedSocket(channel_fd, id, tid, caller_fd, std::move(fd));
+absl::StatusOr<CallerAccess::UnixSocket> RealCallerAccess::DuplicateUnixSocket(pid_t tid, int fd) {
+  UnixSocket out;
+  SHUTTLE_ASSIGN_OR_RETURN(out.fd, DuplicateCallerFd(tid, fd));
+  SHUTTLE_ASSIGN_OR_RETURN(out.type, SocketTypeOf(out.fd.get(), AF_UNIX));
+  return out;
+}
+
+absl::Status RealCallerAccess::AnswerResult(int channel_fd, uint64_t id, int64_t result) {
+  return AnswerWithResult(channel_fd, id, result);
+}
+
+absl::Status RealCallerAccess::InjectConnected(int channel_fd, uint64_t id, int caller_fd,
+                                               const CallerSocket& caller, UniqueFd fd) {
+  return InjectConnectedSocket(channel_fd, id, caller_fd, caller, std::move(fd));
 }
 
 absl::StatusOr<int> RealCallerAccess::InjectResult(int channel_fd, uint64_t id, UniqueFd fd,
@@ -143,6 +154,7 @@ struct CrossingBroker::Job {
   intercept::PendingReplyPtr reply;
   Steady::time_point start;
   BrokerTargetPtr broker_target;
+  CallerSocket socket;  // connect(): the caller's socket, read once by BuildRequest.
   BrokerRequest request;
   OpenOptions open;
   bool retried = false;
@@ -169,9 +181,11 @@ CrossingBroker::CrossingBroker(Broker& broker, TargetSource& targets, CallerAcce
 CrossingBroker::~CrossingBroker() = default;
 
 intercept::Answer CrossingBroker::Cross(const intercept::InterceptedCall& call,
-                                        const CrossingTarget& target) {
+                                        const CrossingTarget& target,
+                                        std::optional<Credentials> creds) {
   auto job = std::make_unique<Job>();
   job->call = CallSnapshot::Of(call);
+  job->call.creds = std::move(creds);
   job->target = target;
   job->start = Steady::now();
   if (job->call.object.kind == v1::SIGNAL) {
@@ -213,14 +227,18 @@ void CrossingBroker::CrossDeferred(intercept::PendingReplyPtr reply, CallSnapsho
   Start(std::move(job));
 }
 
-absl::StatusOr<BrokerRequest> CrossingBroker::BuildRequest(const Job& job, OpenOptions* options) {
+absl::StatusOr<BrokerRequest> CrossingBroker::BuildRequest(Job& job, OpenOptions* options) {
   const CallSnapshot& call = job.call;
   const intercept::ObjectInfo& object = call.object;
   const std::string& name = job.target.name;
   const bool renamed = name != object.name();
   if (options_.as_caller) {
-    SHUTTLE_ASSIGN_OR_RETURN(Credentials creds, caller_.ReadCredentials(call.pid));
-    options->as = std::move(creds);
+    if (call.creds.has_value()) {
+      options->as = *call.creds;
+    } else {
+      SHUTTLE_ASSIGN_OR_RETURN(Credentials creds, caller_.ReadCredentials(call.pid));
+      options->as = std::move(creds);
+    }
   }
   if (object.kind == v1::MQ_OPEN) {
     MqRequest mq;
@@ -241,7 +259,8 @@ absl::StatusOr<BrokerRequest> CrossingBroker::BuildRequest(const Job& job, OpenO
     }
     return mq;
   }
-  SHUTTLE_ASSIGN_OR_RETURN(CallerSocket socket, caller_.InspectSocket(call.pid, object.fd));
+  SHUTTLE_ASSIGN_OR_RETURN(job.socket, caller_.InspectSocket(call.pid, object.fd));
+  const CallerSocket& socket = job.socket;
   if (object.kind == v1::UNIX_CONNECT) {
     if (!renamed && object.abstract) {
       return UnixAbstractRequest{std::string(object.abstract_name()), socket.type};
@@ -267,7 +286,57 @@ absl::StatusOr<BrokerRequest> CrossingBroker::BuildRequest(const Job& job, OpenO
   return inet;
 }
 
+CrossingBroker::JobPtr CrossingBroker::ConnectNow(JobPtr job) {
+  const CallSnapshot& call = job->call;
+  const std::string& path = job->target.name;
+  if (!IsConnect(call.event) || call.object.kind != v1::UNIX_CONNECT || path.empty() ||
+      path[0] != '/') {
+    return job;
+  }
+  OpenOptions open;
+  if (options_.as_caller) {
+    if (call.creds.has_value()) {
+      open.as = *call.creds;
+    } else {
+      absl::StatusOr<Credentials> creds = caller_.ReadCredentials(call.pid);
+      if (!creds.ok()) return job;
+      open.as = *std::move(creds);
+    }
+  }
+  absl::StatusOr<BrokerTargetPtr> target = targets_.Get(job->target.vm);
+  if (!target.ok()) return job;
+  absl::StatusOr<CallerAccess::UnixSocket> socket =
+      caller_.DuplicateUnixSocket(call.pid, call.object.fd);
+  if (!socket.ok()) return job;
+  const ConnectNowResult connected =
+      broker_.ConnectNow(**target, UnixPathRequest{path, socket->type}, open, socket->fd.get());
+  if (connected == ConnectNowResult::kUseOpen) return job;
+  // Closed before the answer: the caller's descriptor is then the socket's last one, so a caller
+  // that closes it at once releases it itself, as it would natively (not this thread, later).
+  socket->fd.reset();
+  absl::Status answered;
+  const char* result = "ok";
+  if (connected == ConnectNowResult::kConnected) {
+    answered = job->reply->FinishWith(
+        [&](int channel_fd, uint64_t id) { return caller_.AnswerResult(channel_fd, id, 0); });
+    if (absl::IsNotFound(answered)) result = "caller_gone";
+  } else {  // kWouldBlock
+    job->reply->Finish(intercept::Answer::Fail(EAGAIN));
+    result = "again";
+  }
+  if (!answered.ok() && !absl::IsNotFound(answered)) {
+    Fail(std::move(job), answered, "inject_failed");
+    return nullptr;
+  }
+  job->reply.reset();  // Finished: its destructor sends nothing.
+  Done(*job, result);
+  Leave();
+  return nullptr;
+}
+
 void CrossingBroker::Start(JobPtr job) {
+  job = ConnectNow(std::move(job));
+  if (job == nullptr) return;
   absl::StatusOr<BrokerRequest> request = BuildRequest(*job, &job->open);
   if (!request.ok()) {
     Fail(std::move(job), request.status(),
@@ -320,12 +389,11 @@ void CrossingBroker::Opened(JobPtr job, absl::StatusOr<UniqueFd> opened) {
     return;
   }
   const bool as_result = std::holds_alternative<MqRequest>(job->request);
-  const pid_t pid = job->call.pid;
   const int caller_fd = job->call.object.fd;
   UniqueFd fd = *std::move(opened);
   absl::Status injected = job->reply->FinishWith([&](int channel_fd, uint64_t id) -> absl::Status {
     if (as_result) return caller_.InjectResult(channel_fd, id, std::move(fd), O_CLOEXEC).status();
-    return caller_.InjectConnected(channel_fd, id, pid, caller_fd, std::move(fd));
+    return caller_.InjectConnected(channel_fd, id, caller_fd, job->socket, std::move(fd));
   });
   if (injected.ok() || absl::IsNotFound(injected)) {
     job->reply.reset();  // Finished: its destructor sends nothing.

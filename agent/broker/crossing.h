@@ -36,6 +36,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/base/thread_annotations.h"
@@ -74,6 +75,9 @@ struct CallSnapshot {
   pid_t pid = 0;
   intercept::SyscallEvent event;
   intercept::ObjectInfo object;
+  // The caller's credentials if whoever decided already read them (ReadCallerCredentials);
+  // nullopt: the crossing reads them.
+  std::optional<Credentials> creds;
   static CallSnapshot Of(const intercept::InterceptedCall& call);
 };
 
@@ -83,9 +87,11 @@ class Crossing {
   virtual ~Crossing() = default;
   // Loop thread, from Decide(): takes the call over (InterceptedCall::Defer()) and returns
   // Answer::Deferred(), or answers now (a call that can't cross, or can't be deferred: an
-  // errno; a signal: continue). Returns within microseconds (a few /proc reads).
+  // errno; a signal: continue). Returns within microseconds (a few /proc reads). `creds`: the
+  // caller's credentials if the decider has read them (it audits the uid), else nullopt.
   virtual intercept::Answer Cross(const intercept::InterceptedCall& call,
-                                  const CrossingTarget& target) = 0;
+                                  const CrossingTarget& target,
+                                  std::optional<Credentials> creds) = 0;
   // Any thread: the same for a call already deferred (an `ask` answered later). Always
   // answers `reply`, now or later.
   virtual void CrossDeferred(intercept::PendingReplyPtr reply, CallSnapshot call,
@@ -131,9 +137,19 @@ class CallerAccess {
   virtual ~CallerAccess() = default;
   virtual absl::StatusOr<Credentials> ReadCredentials(pid_t tid) = 0;
   virtual absl::StatusOr<CallerSocket> InspectSocket(pid_t tid, int fd) = 0;
-  // injection.h's InjectConnectedSocket / InjectAsResult on `channel_fd` (not owned).
-  virtual absl::Status InjectConnected(int channel_fd, uint64_t id, pid_t tid, int caller_fd,
-                                       UniqueFd fd) = 0;
+  // A duplicate of the caller's unix socket `fd` (the same open file) and its type (SO_TYPE);
+  // an error if it is no unix socket (injection.h's DuplicateCallerFd and SocketTypeOf).
+  struct UnixSocket {
+    UniqueFd fd;
+    int type = 0;
+  };
+  virtual absl::StatusOr<UnixSocket> DuplicateUnixSocket(pid_t tid, int fd) = 0;
+  // injection.h's AnswerWithResult on `channel_fd` (not owned).
+  virtual absl::Status AnswerResult(int channel_fd, uint64_t id, int64_t result) = 0;
+  // injection.h's InjectConnectedSocket / InjectAsResult on `channel_fd` (not owned);
+  // `caller` is what InspectSocket() said of `caller_fd`.
+  virtual absl::Status InjectConnected(int channel_fd, uint64_t id, int caller_fd,
+                                       const CallerSocket& caller, UniqueFd fd) = 0;
   virtual absl::StatusOr<int> InjectResult(int channel_fd, uint64_t id, UniqueFd fd,
                                            uint32_t newfd_flags) = 0;
 };
@@ -143,8 +159,10 @@ class RealCallerAccess final : public CallerAccess {
  public:
   absl::StatusOr<Credentials> ReadCredentials(pid_t tid) override;
   absl::StatusOr<CallerSocket> InspectSocket(pid_t tid, int fd) override;
-  absl::Status InjectConnected(int channel_fd, uint64_t id, pid_t tid, int caller_fd,
-                               UniqueFd fd) override;
+  absl::StatusOr<UnixSocket> DuplicateUnixSocket(pid_t tid, int fd) override;
+  absl::Status AnswerResult(int channel_fd, uint64_t id, int64_t result) override;
+  absl::Status InjectConnected(int channel_fd, uint64_t id, int caller_fd,
+                               const CallerSocket& caller, UniqueFd fd) override;
   absl::StatusOr<int> InjectResult(int channel_fd, uint64_t id, UniqueFd fd,
                                    uint32_t newfd_flags) override;
 };
@@ -176,8 +194,8 @@ class CrossingBroker final : public Crossing {
   // Borrowed, may be null (no on-demand starts). Set before the notification loop runs.
   void set_on_demand(OnDemandStarter* starter) { on_demand_ = starter; }
 
-  intercept::Answer Cross(const intercept::InterceptedCall& call,
-                          const CrossingTarget& target) override;
+  intercept::Answer Cross(const intercept::InterceptedCall& call, const CrossingTarget& target,
+                          std::optional<Credentials> creds) override;
   void CrossDeferred(intercept::PendingReplyPtr reply, CallSnapshot call,
                      CrossingTarget target) override;
 
@@ -194,11 +212,17 @@ class CrossingBroker final : public Crossing {
 
   // Prepares the job (reads the caller), then starts the open; answers `job` on any error.
   void Start(JobPtr job);
+  // The fast path of a connect to a unix path (Broker::ConnectNow): the caller's own socket
+  // connected on this thread and the call answered. Returns the job if that can't be done
+  // without waiting (Start goes on with it), else null (answered and counted).
+  JobPtr ConnectNow(JobPtr job);
   void Open(JobPtr job);
   void Opened(JobPtr job, absl::StatusOr<UniqueFd> opened);
   void Fail(JobPtr job, const absl::Status& status, const char* result);
   void Done(const Job& job, const char* result);
-  absl::StatusOr<BrokerRequest> BuildRequest(const Job& job, OpenOptions* options);
+  // The request for `job` (and job.open's credentials); reads the caller's socket into
+  // job.socket for a connect().
+  absl::StatusOr<BrokerRequest> BuildRequest(Job& job, OpenOptions* options);
 
   Broker& broker_;
   TargetSource& targets_;

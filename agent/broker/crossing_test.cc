@@ -5,6 +5,7 @@
 #include "agent/broker/crossing.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
@@ -18,6 +19,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
@@ -72,7 +74,24 @@ class FakeCaller final : public CallerAccess {
     s.type = SOCK_STREAM;
     return s;
   }
-  absl::Status InjectConnected(int, uint64_t id, pid_t, int, UniqueFd fd) override {
+  // Off unless a test sets `in_place`: then the "caller's socket" is a real unix socket of the
+  // fake's (non-blocking if `in_place_nonblocking`), kept in `own` for the test to look at.
+  absl::StatusOr<UnixSocket> DuplicateUnixSocket(pid_t, int) override {
+    absl::MutexLock lock(&mu);
+    if (!in_place) return absl::UnimplementedError("the fake caller has no real socket");
+    own.reset(socket(AF_UNIX,
+                     SOCK_STREAM | SOCK_CLOEXEC | (in_place_nonblocking ? SOCK_NONBLOCK : 0), 0));
+    UnixSocket out;
+    out.fd.reset(fcntl(own.get(), F_DUPFD_CLOEXEC, 0));
+    out.type = SOCK_STREAM;
+    return out;
+  }
+  absl::Status AnswerResult(int, uint64_t id, int64_t result) override {
+    absl::MutexLock lock(&mu);
+    results[id] = result;
+    return absl::OkStatus();
+  }
+  absl::Status InjectConnected(int, uint64_t id, int, const CallerSocket&, UniqueFd fd) override {
     absl::MutexLock lock(&mu);
     if (!inject_error.ok()) return inject_error;
     injected[id] = std::move(fd);
@@ -93,6 +112,10 @@ class FakeCaller final : public CallerAccess {
   }
 
   absl::Mutex mu;
+  bool in_place ABSL_GUARDED_BY(mu) = false;
+  bool in_place_nonblocking ABSL_GUARDED_BY(mu) = false;
+  UniqueFd own ABSL_GUARDED_BY(mu);
+  std::map<uint64_t, int64_t> results ABSL_GUARDED_BY(mu);
   absl::Status inject_error ABSL_GUARDED_BY(mu);
   std::map<uint64_t, UniqueFd> injected ABSL_GUARDED_BY(mu);
 };
@@ -267,6 +290,64 @@ TEST_F(CrossingTest, AllowedCrossingHandsOverASocketConnectedInTheTarget) {
   EXPECT_TRUE(Has(R"(shuttle_agent_brokered_duration_seconds_count{kind="unix-connect"} 1)"))
       << Scrape();
   EXPECT_EQ(crossing_->in_flight(), 0);
+}
+
+// The fast path: the caller's own socket is connected on the loop thread (no worker, no
+// descriptor swap) and connect() answered with 0.
+TEST_F(CrossingTest, ConnectsTheCallersOwnSocketWhenNothingMustWait) {
+  {
+    absl::MutexLock lock(&caller_.mu);
+    caller_.in_place = true;
+  }
+  UniqueFd server = Listen(dir_ + "/app.sock");
+  auto handled = Connect("web", dir_ + "/app.sock", 11);
+  EXPECT_EQ(handled.response.kind, intercept::Response::Kind::kDeferred);
+  auto reply = Answered(11);
+  ASSERT_TRUE(reply.has_value());
+  EXPECT_TRUE(reply->handed_over);
+  EXPECT_FALSE(caller_.Take(11));  // Nothing swapped in.
+  absl::MutexLock lock(&caller_.mu);
+  EXPECT_EQ(caller_.results[11], 0);
+  UniqueFd accepted(accept4(server.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  ASSERT_TRUE(accepted);
+  ASSERT_EQ(write(caller_.own.get(), "hi", 2), 2);
+  char buf[2];
+  ASSERT_EQ(read(accepted.get(), buf, 2), 2);
+  EXPECT_EQ(std::string(buf, 2), "hi");
+  // Blocking, as the caller made it: the connect's O_NONBLOCK was taken back.
+  EXPECT_EQ(fcntl(caller_.own.get(), F_GETFL) & O_NONBLOCK, 0);
+  EXPECT_TRUE(
+      Has(R"(shuttle_agent_brokered_total{kind="unix-connect",result="ok",scope="cross-vm"} 1)"))
+      << Scrape();
+}
+
+// A non-blocking caller whose server's backlog is full gets EAGAIN, as it would natively; a
+// blocking one waits on a worker (the ordinary path).
+TEST_F(CrossingTest, NonBlockingCallerGetsEagainWhenTheBacklogIsFull) {
+  UniqueFd server = Listen(dir_ + "/app.sock");  // Backlog 4.
+  std::vector<UniqueFd> fillers;
+  for (int i = 0; i < 64; ++i) {
+    UniqueFd s(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    sockaddr_un addr = {};
+    addr.sun_family = AF_UNIX;
+    std::strncpy(addr.sun_path, (dir_ + "/app.sock").c_str(), sizeof(addr.sun_path) - 1);
+    const int rc = connect(s.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+    if (rc != 0 && errno == EAGAIN) break;
+    ASSERT_EQ(rc, 0) << strerror(errno);
+    fillers.push_back(std::move(s));
+  }
+  ASSERT_LT(fillers.size(), 64u) << "the backlog never filled";
+  {
+    absl::MutexLock lock(&caller_.mu);
+    caller_.in_place = true;
+    caller_.in_place_nonblocking = true;
+  }
+  Connect("web", dir_ + "/app.sock", 12);
+  auto reply = Answered(12);
+  ASSERT_TRUE(reply.has_value());
+  EXPECT_FALSE(reply->handed_over);
+  EXPECT_EQ(reply->answer.error, EAGAIN);
+  EXPECT_TRUE(Has(R"(kind="unix-connect",result="again",scope="cross-vm"} 1)")) << Scrape();
 }
 
 TEST_F(CrossingTest, RedirectOpensTheRedirectedName) {

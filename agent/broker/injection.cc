@@ -94,54 +94,16 @@ std::string ShapeText(const SocketShape& s) {
   return absl::StrCat("family ", s.family, " type ", s.type, " protocol ", s.protocol);
 }
 
-// The caller's socket as seen through a duplicate in the agent (pidfd_getfd: same open file).
-struct CallerView {
-  UniqueFd copy;
-  CallerSocket info;
-};
-
-absl::StatusOr<CallerView> ViewCallerSocket(pid_t tid, int fd) {
-  const std::string what = absl::StrCat("caller ", tid, " fd ", fd);
-  SHUTTLE_ASSIGN_OR_RETURN(UniqueFd pidfd, ThreadPidfd(tid));
-  CallerView view;
-  view.copy.reset(static_cast<int>(syscall(SYS_pidfd_getfd, pidfd.get(), fd, 0)));
-  if (!view.copy) {
-    if (errno == EBADF) return absl::NotFoundError(absl::StrCat(what, " is not open"));
-    if (errno == ESRCH) return absl::NotFoundError(absl::StrCat("caller ", tid, " is gone"));
-    return ErrnoError(errno, absl::StrCat(what, ": pidfd_getfd"));
-  }
-  SHUTTLE_ASSIGN_OR_RETURN(SocketShape shape, ReadShape(view.copy.get(), what));
-  view.info.family = shape.family;
-  view.info.type = shape.type;
-  view.info.protocol = shape.protocol;
-  const int fl = fcntl(view.copy.get(), F_GETFL);
-  if (fl < 0) return ErrnoError(errno, absl::StrCat(what, ": fcntl F_GETFL"));
-  view.info.nonblocking = (fl & O_NONBLOCK) != 0;
-  // FD_CLOEXEC belongs to the caller's fd table entry, which only fdinfo shows: "flags:" is the
-  // octal file status flags with O_CLOEXEC added when the entry has it.
-  SHUTTLE_ASSIGN_OR_RETURN(std::string fdinfo,
-                           ReadProcFile(absl::StrCat("/proc/", tid, "/fdinfo/", fd)));
-  std::optional<absl::string_view> flags_text = FieldValue(fdinfo, "flags");
-  unsigned flags = 0;
-  if (!flags_text ||
-      std::from_chars(flags_text->data(), flags_text->data() + flags_text->size(), flags, 8).ec !=
-          std::errc()) {
-    return absl::InternalError(absl::StrCat(what, ": no flags line in its fdinfo"));
-  }
-  view.info.cloexec = (flags & O_CLOEXEC) != 0;
-  return view;
-}
-
-// Copies a timeval socket option (SO_SNDTIMEO, SO_RCVTIMEO) from `from` to `to`.
-absl::Status CopyTimeout(int from, int to, int option, absl::string_view what) {
-  timeval tv = {};
-  socklen_t len = sizeof(tv);
-  if (getsockopt(from, SOL_SOCKET, option, &tv, &len) != 0 ||
-      setsockopt(to, SOL_SOCKET, option, &tv, sizeof(tv)) != 0) {
-    return ErrnoError(errno, absl::StrCat(what, ": copying a socket timeout"));
+// Reads a timeval socket option (SO_SNDTIMEO, SO_RCVTIMEO) of `fd`.
+absl::Status ReadTimeout(int fd, int option, timeval* out, absl::string_view what) {
+  socklen_t len = sizeof(*out);
+  if (getsockopt(fd, SOL_SOCKET, option, out, &len) != 0) {
+    return ErrnoError(errno, absl::StrCat(what, ": reading a socket timeout"));
   }
   return absl::OkStatus();
 }
+
+bool IsZero(const timeval& tv) { return tv.tv_sec == 0 && tv.tv_usec == 0; }
 
 absl::Status Ioctl(int listener_fd, uint64_t request, void* arg, uint64_t id,
                    absl::string_view what, int* result = nullptr) {
@@ -158,11 +120,6 @@ absl::Status Ioctl(int listener_fd, uint64_t request, void* arg, uint64_t id,
   }
   if (result != nullptr) *result = rc;
   return absl::OkStatus();
-}
-
-absl::Status CheckPending(int listener_fd, uint64_t id) {
-  uint64_t arg = id;
-  return Ioctl(listener_fd, SECCOMP_IOCTL_NOTIF_ID_VALID, &arg, id, "NOTIF_ID_VALID");
 }
 
 absl::Status Send(int listener_fd, uint64_t id, int64_t val, int error) {
@@ -193,50 +150,99 @@ absl::StatusOr<Credentials> ReadCallerCredentials(pid_t tid) {
   return creds;
 }
 
-absl::StatusOr<CallerSocket> InspectCallerSocket(pid_t tid, int fd) {
-  SHUTTLE_ASSIGN_OR_RETURN(CallerView view, ViewCallerSocket(tid, fd));
-  return view.info;
+absl::StatusOr<UniqueFd> DuplicateCallerFd(pid_t tid, int fd) {
+  SHUTTLE_ASSIGN_OR_RETURN(UniqueFd pidfd, ThreadPidfd(tid));
+  UniqueFd copy(static_cast<int>(syscall(SYS_pidfd_getfd, pidfd.get(), fd, 0)));
+  if (!copy) {
+    if (errno == EBADF)
+      return absl::NotFoundError(absl::StrCat("caller ", tid, " fd ", fd, " is not open"));
+    if (errno == ESRCH) return absl::NotFoundError(absl::StrCat("caller ", tid, " is gone"));
+    return ErrnoError(errno, absl::StrCat("caller ", tid, " fd ", fd, ": pidfd_getfd"));
+  }
+  return copy;
 }
 
-absl::Status InjectConnectedSocket(int listener_fd, uint64_t notif_id, pid_t tid, int caller_fd,
-                                   UniqueFd brokered) {
-  const std::string what = absl::StrCat("caller ", tid, " fd ", caller_fd);
-  SHUTTLE_ASSIGN_OR_RETURN(CallerView caller, ViewCallerSocket(tid, caller_fd));
+absl::StatusOr<int> SocketTypeOf(int fd, int family) {
+  SHUTTLE_ASSIGN_OR_RETURN(int domain, SocketOption(fd, SO_DOMAIN, "the caller's fd"));
+  if (domain != family) {
+    return ErrnoErrorWithCode(
+        absl::StatusCode::kFailedPrecondition, EPROTOTYPE,
+        absl::StrCat("the caller's socket is of family ", domain, ", not ", family));
+  }
+  return SocketOption(fd, SO_TYPE, "the caller's fd");
+}
+
+absl::StatusOr<CallerSocket> InspectCallerSocket(pid_t tid, int fd) {
+  const std::string what = absl::StrCat("caller ", tid, " fd ", fd);
+  // The socket is seen through a duplicate in the agent (pidfd_getfd: the same open file).
+  SHUTTLE_ASSIGN_OR_RETURN(UniqueFd copy, DuplicateCallerFd(tid, fd));
+  CallerSocket info;
+  SHUTTLE_ASSIGN_OR_RETURN(SocketShape shape, ReadShape(copy.get(), what));
+  info.family = shape.family;
+  info.type = shape.type;
+  info.protocol = shape.protocol;
+  const int fl = fcntl(copy.get(), F_GETFL);
+  if (fl < 0) return ErrnoError(errno, absl::StrCat(what, ": fcntl F_GETFL"));
+  info.nonblocking = (fl & O_NONBLOCK) != 0;
+  if (info.type != SOCK_DGRAM) {
+    sockaddr_storage peer;
+    socklen_t len = sizeof(peer);
+    info.connected = getpeername(copy.get(), reinterpret_cast<sockaddr*>(&peer), &len) == 0;
+  }
+  SHUTTLE_RETURN_IF_ERROR(ReadTimeout(copy.get(), SO_SNDTIMEO, &info.send_timeout, what));
+  SHUTTLE_RETURN_IF_ERROR(ReadTimeout(copy.get(), SO_RCVTIMEO, &info.receive_timeout, what));
+  // FD_CLOEXEC belongs to the caller's fd table entry, which only fdinfo shows: "flags:" is the
+  // octal file status flags with O_CLOEXEC added when the entry has it.
+  SHUTTLE_ASSIGN_OR_RETURN(std::string fdinfo,
+                           ReadProcFile(absl::StrCat("/proc/", tid, "/fdinfo/", fd)));
+  std::optional<absl::string_view> flags_text = FieldValue(fdinfo, "flags");
+  unsigned flags = 0;
+  if (!flags_text ||
+      std::from_chars(flags_text->data(), flags_text->data() + flags_text->size(), flags, 8).ec !=
+          std::errc()) {
+    return absl::InternalError(absl::StrCat(what, ": no flags line in its fdinfo"));
+  }
+  info.cloexec = (flags & O_CLOEXEC) != 0;
+  return info;
+}
+
+absl::Status InjectConnectedSocket(int listener_fd, uint64_t notif_id, int caller_fd,
+                                   const CallerSocket& caller, UniqueFd brokered) {
+  const std::string what = absl::StrCat("notification ", notif_id, ": caller fd ", caller_fd);
   SHUTTLE_ASSIGN_OR_RETURN(SocketShape ours, ReadShape(brokered.get(), "brokered socket"));
-  const SocketShape theirs{caller.info.family, caller.info.type, caller.info.protocol};
+  const SocketShape theirs{caller.family, caller.type, caller.protocol};
   if (ours.family != theirs.family || ours.type != theirs.type ||
       ours.protocol != theirs.protocol) {
     return ErrnoErrorWithCode(absl::StatusCode::kFailedPrecondition, EPROTOTYPE,
                               absl::StrCat(what, " is a socket of ", ShapeText(theirs),
                                            ", the brokered one of ", ShapeText(ours)));
   }
-  if (theirs.type != SOCK_DGRAM) {
-    sockaddr_storage peer;
-    socklen_t len = sizeof(peer);
-    if (getpeername(caller.copy.get(), reinterpret_cast<sockaddr*>(&peer), &len) == 0) {
-      return ErrnoErrorWithCode(absl::StatusCode::kFailedPrecondition, EISCONN,
-                                absl::StrCat(what, " is already connected"));
-    }
+  if (caller.connected) {
+    return ErrnoErrorWithCode(absl::StatusCode::kFailedPrecondition, EISCONN,
+                              absl::StrCat(what, " is already connected"));
   }
   // Status flags and options belong to the open file and socket, which are replaced: carry over
-  // the ones a program relies on after connect().
-  const int fl = fcntl(brokered.get(), F_GETFL);
-  if (fl < 0 || fcntl(brokered.get(), F_SETFL,
-                      caller.info.nonblocking ? (fl | O_NONBLOCK) : (fl & ~O_NONBLOCK)) != 0) {
+  // the ones a program relies on after connect(). The brokered socket is in blocking mode
+  // without timeouts (Broker::Callback), so only what differs is set.
+  if (caller.nonblocking && fcntl(brokered.get(), F_SETFL, O_NONBLOCK) != 0) {
     return ErrnoError(errno, absl::StrCat(what, ": setting O_NONBLOCK on the brokered socket"));
   }
-  SHUTTLE_RETURN_IF_ERROR(CopyTimeout(caller.copy.get(), brokered.get(), SO_SNDTIMEO, what));
-  SHUTTLE_RETURN_IF_ERROR(CopyTimeout(caller.copy.get(), brokered.get(), SO_RCVTIMEO, what));
+  for (const auto& [option, value] : {std::pair{SO_SNDTIMEO, &caller.send_timeout},
+                                      std::pair{SO_RCVTIMEO, &caller.receive_timeout}}) {
+    if (!IsZero(*value) && setsockopt(brokered.get(), SOL_SOCKET, option, value, sizeof(*value))) {
+      return ErrnoError(errno, absl::StrCat(what, ": copying a socket timeout"));
+    }
+  }
 
-  // Everything above was read through `tid`: trust it only if the call is still pending (the
-  // thread, hence its pid, is still the caller's).
-  SHUTTLE_RETURN_IF_ERROR(CheckPending(listener_fd, notif_id));
+  // Everything above was read through the caller's tid: ADDFD succeeds only while the call is
+  // still pending (the thread, hence its pid, is still the caller's and still in this
+  // connect()), and fails with ENOENT (NOT_FOUND here) otherwise.
   seccomp_notif_addfd addfd = {};
   addfd.id = notif_id;
   addfd.flags = SECCOMP_ADDFD_FLAG_SETFD;
   addfd.srcfd = static_cast<uint32_t>(brokered.get());
   addfd.newfd = static_cast<uint32_t>(caller_fd);
-  addfd.newfd_flags = caller.info.cloexec ? O_CLOEXEC : 0;
+  addfd.newfd_flags = caller.cloexec ? O_CLOEXEC : 0;
   SHUTTLE_RETURN_IF_ERROR(
       Ioctl(listener_fd, SECCOMP_IOCTL_NOTIF_ADDFD, &addfd, notif_id, "NOTIF_ADDFD"));
   return Send(listener_fd, notif_id, 0, 0);
@@ -248,7 +254,6 @@ absl::StatusOr<int> InjectAsResult(int listener_fd, uint64_t notif_id, UniqueFd 
     return absl::InvalidArgumentError(
         absl::StrCat("notification ", notif_id, ": newfd_flags may only be O_CLOEXEC"));
   }
-  SHUTTLE_RETURN_IF_ERROR(CheckPending(listener_fd, notif_id));
   seccomp_notif_addfd addfd = {};
   addfd.id = notif_id;
   addfd.flags = SECCOMP_ADDFD_FLAG_SEND;
@@ -259,6 +264,10 @@ absl::StatusOr<int> InjectAsResult(int listener_fd, uint64_t notif_id, UniqueFd 
   SHUTTLE_RETURN_IF_ERROR(Ioctl(listener_fd, SECCOMP_IOCTL_NOTIF_ADDFD, &addfd, notif_id,
                                 "NOTIF_ADDFD (send)", &newfd));
   return newfd;
+}
+
+absl::Status AnswerWithResult(int listener_fd, uint64_t notif_id, int64_t result) {
+  return Send(listener_fd, notif_id, result, 0);
 }
 
 absl::Status FailNotification(int listener_fd, uint64_t notif_id, int error) {

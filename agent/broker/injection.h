@@ -8,13 +8,15 @@
 // queue descriptor is installed and returned as the call's result in one atomic step
 // (SECCOMP_ADDFD_FLAG_SEND). libseccomp 2.5.4 has no wrapper for either: raw ioctls.
 //
-// Every function here is thread-safe and never blocks (a few syscalls each); the notification
-// must be pending (received, not yet answered) and is checked with NOTIF_ID_VALID before
-// anything read from the caller's pid is trusted. `tid` is the notification's pid (a thread id
-// in the agent's PID namespace).
+// Every function here is thread-safe and never blocks (a few syscalls each) but for the
+// caller's thread to take the descriptor; the notification must be pending (received, not yet
+// answered): ADDFD and SEND fail with ENOENT otherwise, so what was read from the caller's pid is
+// used only if that thread is still the caller, blocked in the call. `tid` is the
+// notification's pid (a thread id in the agent's PID namespace).
 #ifndef SHUTTLE_AGENT_BROKER_INJECTION_H_
 #define SHUTTLE_AGENT_BROKER_INJECTION_H_
 
+#include <sys/time.h>
 #include <sys/types.h>
 
 #include <cstdint>
@@ -26,18 +28,31 @@
 
 namespace shuttle::agent::broker {
 
-// The socket an intercepted connect() was called on.
+// The socket an intercepted connect() was called on: everything the injection needs of it,
+// read once (InspectCallerSocket) while the call is pending.
 struct CallerSocket {
-  int family = 0;            // SO_DOMAIN
-  int type = 0;              // SO_TYPE (SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET)
-  int protocol = 0;          // SO_PROTOCOL
-  bool nonblocking = false;  // O_NONBLOCK status flag.
-  bool cloexec = false;      // FD_CLOEXEC on the caller's fd.
+  int family = 0;                // SO_DOMAIN
+  int type = 0;                  // SO_TYPE (SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET)
+  int protocol = 0;              // SO_PROTOCOL
+  bool nonblocking = false;      // O_NONBLOCK status flag.
+  bool cloexec = false;          // FD_CLOEXEC on the caller's fd.
+  bool connected = false;        // A stream/seqpacket socket that already has a peer.
+  timeval send_timeout = {};     // SO_SNDTIMEO (zero: none).
+  timeval receive_timeout = {};  // SO_RCVTIMEO (zero: none).
 };
 
 // The effective uid and gid and the supplementary groups of thread `tid` (/proc/TID/status), to
 // pass as OpenOptions::as. NOT_FOUND if the thread is gone.
 absl::StatusOr<Credentials> ReadCallerCredentials(pid_t tid);
+
+// A duplicate of the caller's fd `fd` in the agent (pidfd_getfd): the same open file, so that
+// connecting it connects the caller's socket. NOT_FOUND if the thread is gone or the fd is not
+// open.
+absl::StatusOr<UniqueFd> DuplicateCallerFd(pid_t tid, int fd);
+
+// The type (SO_TYPE) of socket `fd`, FAILED_PRECONDITION with EPROTOTYPE if its family is not
+// `family`, FAILED_PRECONDITION with ENOTSOCK if it is no socket.
+absl::StatusOr<int> SocketTypeOf(int fd, int family);
 
 // What the caller's fd `fd` is. NOT_FOUND if the thread is gone or the fd is not open,
 // FAILED_PRECONDITION (ENOTSOCK) if it is not a socket. Use `type` to choose the request type
@@ -45,13 +60,16 @@ absl::StatusOr<Credentials> ReadCallerCredentials(pid_t tid);
 absl::StatusOr<CallerSocket> InspectCallerSocket(pid_t tid, int fd);
 
 // Answers the pending connect() notification `notif_id` on seccomp listener `listener_fd` (not
-// owned) by putting `brokered` (a connected socket, consumed) in place of the caller's socket
-// `caller_fd` and making connect() return 0. Fails, leaving the notification pending for the
-// caller to answer (FailNotification), with FAILED_PRECONDITION and EPROTOTYPE if the caller's
-// socket is of another family, type or protocol than `brokered`, EISCONN if the caller's stream
-// socket is already connected, NOT_FOUND if the caller is gone (nothing left to answer).
-absl::Status InjectConnectedSocket(int listener_fd, uint64_t notif_id, pid_t tid, int caller_fd,
-                                   UniqueFd brokered);
+// owned) by putting `brokered` (a connected socket in blocking mode, consumed) in place of the
+// caller's socket `caller_fd`, which InspectCallerSocket described as `caller` while the call was
+// pending, and making connect() return 0. The caller's fd table entry is not read again: the
+// swap happens only if the notification is still pending, i.e. the thread that `caller` was read
+// from is still blocked in this connect(). Fails, leaving the
+// notification pending for the caller to answer (FailNotification), with FAILED_PRECONDITION and
+// EPROTOTYPE if `caller` is of another family, type or protocol than `brokered`, EISCONN if it is
+// an already connected stream socket, NOT_FOUND if the caller is gone (nothing left to answer).
+absl::Status InjectConnectedSocket(int listener_fd, uint64_t notif_id, int caller_fd,
+                                   const CallerSocket& caller, UniqueFd brokered);
 
 // Answers the pending notification `notif_id` by installing `fd` (consumed) in the caller as a new
 // descriptor with `newfd_flags` (O_CLOEXEC or 0) and returning its number as the syscall's result
@@ -59,6 +77,11 @@ absl::Status InjectConnectedSocket(int listener_fd, uint64_t notif_id, pid_t tid
 // the caller is gone.
 absl::StatusOr<int> InjectAsResult(int listener_fd, uint64_t notif_id, UniqueFd fd,
                                    uint32_t newfd_flags);
+
+// Answers the pending notification `notif_id` with `result` as the syscall's return value, the
+// syscall itself not run (e.g. 0 for a connect() the agent made on the caller's socket).
+// NOT_FOUND if the caller is gone.
+absl::Status AnswerWithResult(int listener_fd, uint64_t notif_id, int64_t result);
 
 // Answers the pending notification `notif_id` with failure `error` (positive errno, e.g. from
 // ErrnoForStatus). NOT_FOUND if the caller is gone.

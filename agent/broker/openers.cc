@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -19,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "agent/broker/errors.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
 
 namespace shuttle::agent::broker_internal {
@@ -194,6 +196,30 @@ absl::StatusOr<UniqueFd> ConnectNew(int family, int type, const sockaddr* addr, 
   return fd;
 }
 
+// Path sockets are found by inode, not through the network namespace, so the socket is created
+// in the opener's own namespace; what must be the target's is the path resolution. `path` is
+// resolved from the target's root as if it were "/" (".." stops there, absolute symlinks start
+// there, /proc magic links are refused); `cached_only` adds RESOLVE_CACHED. The O_PATH fd, or
+// an invalid one with errno set.
+UniqueFd ResolveInRoot(int root_fd, const std::string& path, bool cached_only) {
+  open_how how = {};
+  how.flags = O_PATH | O_CLOEXEC;
+  how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS | (cached_only ? RESOLVE_CACHED : 0);
+  return UniqueFd(static_cast<int>(syscall(SYS_openat2, root_fd, path.c_str(), &how, sizeof(how))));
+}
+
+// The address of the socket inode that O_PATH fd `node` refers to, reached through the fd's own
+// magic link, which connect() follows without re-resolving names.
+sockaddr_un ThroughOwnFd(int node, socklen_t* len) {
+  sockaddr_un addr = {};
+  addr.sun_family = AF_UNIX;
+  char* const path = addr.sun_path;
+  char* const end =
+      std::to_chars(stpcpy(path, "/proc/self/fd/"), path + sizeof(addr.sun_path) - 1, node).ptr;
+  *len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + static_cast<size_t>(end - path));
+  return addr;
+}
+
 }  // namespace
 
 absl::Status ValidateRequest(const broker::BrokerRequest& request) {
@@ -215,18 +241,9 @@ bool IsLocalAddress(const sockaddr_storage& address) {
 
 absl::StatusOr<UniqueFd> ConnectUnixPath(int root_fd, const broker::UnixPathRequest& request,
                                          absl::Time deadline, absl::string_view where) {
-  // Path sockets are found by inode, not through the network namespace, so the socket is
-  // created in the worker's own namespace; what must be the target's is the path resolution.
-  // The path is resolved from the target's root as if it were "/" (".." stops there, absolute
-  // symlinks start there, /proc magic links are refused), and the socket inode is then reached
-  // through the O_PATH fd's own magic link, which connect() follows without re-resolving names.
-  open_how how = {};
-  how.flags = O_PATH | O_CLOEXEC;
-  how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
   UniqueFd node;
   for (int attempt = 0; attempt < kResolveAttempts && !node; ++attempt) {
-    node.reset(
-        static_cast<int>(syscall(SYS_openat2, root_fd, request.path.c_str(), &how, sizeof(how))));
+    node = ResolveInRoot(root_fd, request.path, /*cached_only=*/false);
     if (!node && errno != EAGAIN) break;
   }
   if (!node) {
@@ -243,13 +260,37 @@ absl::StatusOr<UniqueFd> ConnectUnixPath(int root_fd, const broker::UnixPathRequ
     return ErrnoErrorWithCode(absl::StatusCode::kFailedPrecondition, ECONNREFUSED,
                               absl::StrCat(where, ": not a socket"));
   }
-  sockaddr_un addr = {};
-  addr.sun_family = AF_UNIX;
-  const std::string self_path = absl::StrCat("/proc/self/fd/", node.get());
-  std::memcpy(addr.sun_path, self_path.data(), self_path.size());
-  const socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + self_path.size());
+  socklen_t len = 0;
+  const sockaddr_un addr = ThroughOwnFd(node.get(), &len);
   return ConnectNew(AF_UNIX, request.type, reinterpret_cast<const sockaddr*>(&addr), len, deadline,
                     where);
+}
+
+broker::ConnectNowResult ConnectInPlaceNow(int root_fd, const broker::UnixPathRequest& request,
+                                           int socket_fd) {
+  UniqueFd node = ResolveInRoot(root_fd, request.path, /*cached_only=*/true);
+  if (!node) return broker::ConnectNowResult::kUseOpen;
+  const int fl = fcntl(socket_fd, F_GETFL);
+  if (fl < 0) return broker::ConnectNowResult::kUseOpen;
+  const bool toggle = (fl & O_NONBLOCK) == 0;
+  if (toggle && fcntl(socket_fd, F_SETFL, fl | O_NONBLOCK) != 0) {
+    return broker::ConnectNowResult::kUseOpen;
+  }
+  socklen_t len = 0;
+  const sockaddr_un addr = ThroughOwnFd(node.get(), &len);
+  const int rc = connect(socket_fd, reinterpret_cast<const sockaddr*>(&addr), len);
+  const int err = rc == 0 ? 0 : errno;
+  if (toggle && fcntl(socket_fd, F_SETFL, fl) != 0) {
+    // The caller's socket would stay non-blocking: a program error it never made. Cannot happen
+    // for a socket F_GETFL just read (F_SETFL of status flags only fails for a bad fd).
+    SHUTTLE_LOG(ERROR) << "broker: restoring the status flags of a caller's socket: "
+                       << strerror(errno);
+  }
+  if (err == 0) return broker::ConnectNowResult::kConnected;
+  // A unix stream or seqpacket connect fails with EAGAIN, rather than waiting, while the server's
+  // backlog is full: what a non-blocking caller gets anyway; a blocking one waits, on a worker.
+  if (err == EAGAIN && !toggle) return broker::ConnectNowResult::kWouldBlock;
+  return broker::ConnectNowResult::kUseOpen;
 }
 
 absl::StatusOr<UniqueFd> ConnectUnixAbstract(const broker::UnixAbstractRequest& request,

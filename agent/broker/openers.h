@@ -7,6 +7,7 @@
 
 #include <sys/socket.h>
 
+#include <optional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -32,6 +33,14 @@ bool IsLocalAddress(const sockaddr_storage& address);
 // RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS and connects to the socket inode found there.
 absl::StatusOr<UniqueFd> ConnectUnixPath(int root_fd, const broker::UnixPathRequest& request,
                                          absl::Time deadline, absl::string_view where);
+// Connects `socket_fd` (the caller's own unix socket, through a duplicate) to the socket at
+// `request.path` under `root_fd` without waiting for anything, for the notification loop: the
+// path is resolved only from what the kernel has cached (RESOLVE_CACHED: a lookup that would
+// need I/O, e.g. on a hung FUSE or NFS mount, fails at once), and the connect is non-blocking
+// (a blocking socket's O_NONBLOCK is set for the connect and cleared again; the open file is
+// the caller's, so its other threads could see the flag for those microseconds).
+broker::ConnectNowResult ConnectInPlaceNow(int root_fd, const broker::UnixPathRequest& request,
+                                           int socket_fd);
 absl::StatusOr<UniqueFd> ConnectUnixAbstract(const broker::UnixAbstractRequest& request,
                                              absl::Time deadline, absl::string_view where);
 absl::StatusOr<UniqueFd> ConnectInet(const broker::InetRequest& request, absl::Time deadline,

@@ -13,6 +13,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "agent/broker/injection.h"
 #include "driver-shim/abi/shuttle_invoke_abi.h"
 #include "google/protobuf/util/time_util.h"
 #include "policy/parser.h"
@@ -107,10 +108,11 @@ std::string_view AbsoluteUnixPath(pid_t pid, std::string_view relative, char* bu
 }
 
 // The audited interaction of a decision made in Decide(). The program and uid are filled in
-// only if the policy already needed them; AuditDecision() reads what is missing.
+// only if the policy already needed them or `uid` is known (the crossing read the caller's
+// credentials); AuditDecision() reads what is missing.
 v1::Interaction AuditedInteraction(const intercept::InterceptedCall& call,
                                    const policy::InteractionView& view,
-                                   const policy::Verdict& verdict, bool uid_known) {
+                                   const policy::Verdict& verdict, std::optional<uint32_t> uid) {
   v1::Interaction out;
   out.set_subject_vm(std::string(view.subject_vm));
   out.set_pid(static_cast<uint32_t>(call.pid));
@@ -127,7 +129,11 @@ v1::Interaction AuditedInteraction(const intercept::InterceptedCall& call,
   out.set_object_vm(std::string(object_vm));
   if (!view.program.empty()) {
     out.set_program(std::string(view.program));
-    out.set_uid(uid_known ? view.uid : ReadEffectiveUid(call.pid));
+    out.set_uid(uid.has_value() ? *uid : ReadEffectiveUid(call.pid));
+  } else if (uid.has_value()) {
+    char exe[PATH_MAX];
+    out.set_program(std::string(ReadExe(call.pid, exe, sizeof(exe))));
+    out.set_uid(*uid);
   }
   return out;
 }
@@ -311,6 +317,8 @@ intercept::Answer PolicyDecider::Conclude(const intercept::InterceptedCall& call
                                           Steady::time_point start) {
   const v1::Verdict effective = asked != nullptr ? asked->verdict : verdict.verdict;
   DecisionCounter(view.kind, verdict.scope, effective).Increment();
+  std::optional<uint32_t> audit_uid;
+  if (compiled.uses_uids()) audit_uid = view.uid;
   intercept::Answer answer = (verdict.enforced && effective == v1::VERDICT_DENY)
                                  ? intercept::Answer::Fail(DenyErrno(view.kind))
                                  : intercept::Answer::Continue();
@@ -328,7 +336,14 @@ intercept::Answer PolicyDecider::Conclude(const intercept::InterceptedCall& call
     }
     if (std::optional<broker::CrossingTarget> target =
             CrossingOf(view.subject_vm, object_vm, view.object_name, redirect)) {
-      answer = crossing_->Cross(call, *target);
+      // Read once for both the crossing (it opens as the caller) and the audit record (uid).
+      std::optional<broker::Credentials> creds;
+      if (absl::StatusOr<broker::Credentials> read = broker::ReadCallerCredentials(call.pid);
+          read.ok()) {
+        audit_uid = read->uid;
+        creds = *std::move(read);
+      }
+      answer = crossing_->Cross(call, *target, std::move(creds));
     }
   }
   const auto decided = Steady::now();
@@ -338,8 +353,8 @@ intercept::Answer PolicyDecider::Conclude(const intercept::InterceptedCall& call
   if (audit_ != nullptr && verdict.scope != v1::INTRA_VM) {
     v1::Decision decision = compiled.ToProto(verdict);
     if (asked != nullptr) ApplyAnswer(*asked, "cached", &decision);
-    AuditDecision(AuditedInteraction(call, view, verdict, compiled.uses_uids()),
-                  std::move(decision), absl::Now(), absl::FromChrono(decided - start));
+    AuditDecision(AuditedInteraction(call, view, verdict, audit_uid), std::move(decision),
+                  absl::Now(), absl::FromChrono(decided - start));
   }
   return answer;
 }
@@ -388,7 +403,9 @@ intercept::Answer PolicyDecider::DecideAsk(
   ask->enforced = verdict.enforced;
   ask->fail_verdict = verdict.verdict;
   ask->start = start;
-  ask->interaction = AuditedInteraction(call, view, verdict, compiled->uses_uids());
+  ask->interaction =
+      AuditedInteraction(call, view, verdict,
+                         compiled->uses_uids() ? std::optional<uint32_t>(view.uid) : std::nullopt);
   if (ask->interaction.program().empty()) {
     char exe[PATH_MAX];
     ask->interaction.set_program(std::string(ReadExe(call.pid, exe, sizeof(exe))));

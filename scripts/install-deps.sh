@@ -9,6 +9,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libseccomp-dev libpq-dev iproute2 procps curl
   postgresql socat  # the sample-application e2e test, the demo and the cross-VM IPC benchmark
+  prometheus python3-yaml  # the deploy/ e2e test (it runs its own Prometheus, not the service)
   clang-format clang-tidy
 )
 missing=()

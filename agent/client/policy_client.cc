@@ -84,6 +84,11 @@ void PolicyClient::Start() {
   thread_ = std::thread([this] { Run(); });
 }
 
+void PolicyClient::NotifyVmsChanged() {
+  absl::MutexLock lock(&mu_);
+  vms_changed_ = true;
+}
+
 void PolicyClient::Stop() {
   {
     absl::MutexLock lock(&mu_);
@@ -205,9 +210,12 @@ absl::Status PolicyClient::RunSession(Backoff& backoff) {
       while (true) {
         {
           absl::MutexLock lock(&mu_);
-          auto done = [this]()
-                          ABSL_SHARED_LOCKS_REQUIRED(mu_) { return session_done_ || stopping_; };
-          if (mu_.AwaitWithTimeout(absl::Condition(&done), options_.heartbeat_interval)) return;
+          auto wake = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+            return session_done_ || stopping_ || vms_changed_;
+          };
+          mu_.AwaitWithTimeout(absl::Condition(&wake), options_.heartbeat_interval);
+          if (session_done_ || stopping_) return;
+          vms_changed_ = false;  // This heartbeat carries the change.
         }
         v1::StreamRequest beat;
         beat.mutable_heartbeat();

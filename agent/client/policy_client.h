@@ -103,6 +103,13 @@ class PolicyClient {
   // controller). Idempotent.
   void Stop();
 
+  // The host's VMs changed (one was created or destroyed): a heartbeat with the new list goes
+  // out now rather than at the next heartbeat_interval, so the controller pushes the rules for
+  // a new VM (it compiles per host, for the VMs it was told of) within a round trip, not
+  // seconds later; until then a new VM's crossings are decided by the defaults only. Returns at
+  // once; nothing is sent while no stream is open (the next Hello lists the VMs anyway).
+  void NotifyVmsChanged();
+
   PolicyClientState state() const;
   // Waits until `pred(state())` holds or `timeout` passes; returns whether it holds.
   bool WaitFor(const std::function<bool(const PolicyClientState&)>& pred,
@@ -141,6 +148,8 @@ class PolicyClient {
   bool started_ ABSL_GUARDED_BY(mu_) = false;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   bool session_done_ ABSL_GUARDED_BY(mu_) = false;
+  // Set by NotifyVmsChanged(); the heartbeat thread sends at once and clears it.
+  bool vms_changed_ ABSL_GUARDED_BY(mu_) = false;
   grpc::ClientContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;  // Stream in flight.
   PolicyClientState state_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;

@@ -341,6 +341,26 @@ TEST_F(PolicyClientTest, SendsHeartbeatsWithTheVms) {
   EXPECT_EQ(beat->heartbeat().vms(0).name(), "web");
 }
 
+// A VM created or destroyed is reported at once, not at the next heartbeat (an hour away here):
+// the controller compiles per host and pushes the new VM's rules on hearing of it.
+TEST_F(PolicyClientTest, ChangedVmsAreReportedAtOnce) {
+  PolicyHolder holder;
+  prometheus::Registry registry;
+  std::unique_ptr<PolicyClient> client = NewClient(holder, registry, Options());
+  client->Start();
+  ExpectHello();
+  ASSERT_TRUE(client->WaitFor([](const PolicyClientState& s) { return s.connected; }, kWait));
+  EXPECT_FALSE(controller_.Next(absl::Milliseconds(200), /*heartbeats=*/true).has_value());
+  client->NotifyVmsChanged();
+  std::optional<v1::StreamRequest> beat = controller_.Next(kWait, /*heartbeats=*/true);
+  ASSERT_TRUE(beat.has_value());
+  ASSERT_TRUE(beat->has_heartbeat()) << beat->DebugString();
+  ASSERT_EQ(beat->heartbeat().vms_size(), 1);
+  EXPECT_EQ(beat->heartbeat().vms(0).name(), "web");
+  // One change, one heartbeat.
+  EXPECT_FALSE(controller_.Next(absl::Milliseconds(200), /*heartbeats=*/true).has_value());
+}
+
 TEST_F(PolicyClientTest, StopCancelsAnOpenStreamPromptly) {
   PolicyHolder holder;
   prometheus::Registry registry;

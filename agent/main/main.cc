@@ -319,6 +319,8 @@ absl::Status Run(const sigset_t& signals) {
   vm_options.init_binary =
       FindBinary(absl::GetFlag(FLAGS_vm_init), "shuttle-vm-init", "driver-shim/linux");
   SHUTTLE_ASSIGN_OR_RETURN(vms, VmManager::Open(vm_options));
+  // The controller compiles per host, for the VMs it was told of: tell it of a new one now.
+  if (client != nullptr) vms->set_on_change([&client] { client->NotifyVmsChanged(); });
 
   // Static sharing (issue 5): FIFOs and POSIX shm files that the policy shares are bind-mounted
   // into the subject VMs, on the share manager's own thread, following every policy change and

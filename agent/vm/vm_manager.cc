@@ -405,13 +405,23 @@ absl::StatusOr<VmInfo> VmManager::Create(const std::string& name) {
     busy_.insert(name);
   }
   absl::StatusOr<std::shared_ptr<Vm>> vm = Start(name);
-  absl::MutexLock lock(&mu_);
-  busy_.erase(name);
-  if (!vm.ok()) return vm.status();
-  IndexLocked(**vm);
-  vms_[name] = *vm;
+  std::function<void()> changed;
+  {
+    absl::MutexLock lock(&mu_);
+    busy_.erase(name);
+    if (!vm.ok()) return vm.status();
+    IndexLocked(**vm);
+    vms_[name] = *vm;
+    changed = on_change_;
+  }
   SHUTTLE_LOG(INFO) << "vm " << name << ": created (init pid " << (*vm)->info.init_pid << ")";
+  if (changed) changed();
   return (*vm)->info;
+}
+
+void VmManager::set_on_change(std::function<void()> callback) {
+  absl::MutexLock lock(&mu_);
+  on_change_ = std::move(callback);
 }
 
 // Builds VM `name`: its directories, the init in new namespaces (clone3), the init's report,
@@ -587,6 +597,12 @@ absl::Status VmManager::Destroy(const std::string& name) {
   }
   // The VM is gone from here on, whatever happens to its directories.
   finish(true);
+  std::function<void()> changed;
+  {
+    absl::MutexLock lock(&mu_);
+    changed = on_change_;
+  }
+  if (changed) changed();
   absl::Status removed = vm_internal::RemoveTree(VmDir(name));
   if (!removed.ok()) return VmError(name, removed);
   SHUTTLE_LOG(INFO) << "vm " << name << ": destroyed";

@@ -16,6 +16,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -92,6 +93,10 @@ class VmManager {
 
   // Every VM, sorted by name.
   std::vector<VmInfo> List() const;
+
+  // `callback` runs after each Create or Destroy that changed the set of VMs, on the thread
+  // that made the change, with no lock held (it may call List()). Replaces any earlier one.
+  void set_on_change(std::function<void()> callback);
   absl::StatusOr<VmInfo> Get(const std::string& name) const;
 
   // The VM `pid` belongs to, decided by the kernel: the inodes of /proc/PID/ns/{mnt,pid}
@@ -133,6 +138,7 @@ class VmManager {
   absl::flat_hash_set<std::string> busy_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, std::string> by_mnt_ns_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<uint64_t, std::string> by_pid_ns_ ABSL_GUARDED_BY(mu_);
+  std::function<void()> on_change_ ABSL_GUARDED_BY(mu_);
 };
 
 // Whether `name` is a valid VM name; the error says why not.

@@ -562,8 +562,14 @@ TEST_F(VmManagerTest, ReadoptsVmsAndHandsBackDepositedSeccompListeners) {
 }
 
 TEST_F(VmManagerTest, DestroyLeavesNothingBehind) {
+  // The change callback sees each change, after it (List() from inside it shows the new set).
+  std::vector<size_t> seen;
+  manager_->set_on_change([&] { seen.push_back(manager_->List().size()); });
   SHUTTLE_ASSERT_OK_AND_ASSIGN(VmInfo a, manager_->Create("gone"));
   SHUTTLE_ASSERT_OK_AND_ASSIGN(VmInfo keep, manager_->Create("stays"));
+  EXPECT_THAT(manager_->Create("stays"),
+              StatusIs(absl::StatusCode::kAlreadyExists, HasSubstr("stays")));
+  EXPECT_THAT(seen, ElementsAre(1u, 2u));  // Nothing for the refused Create.
   // Something running in the VM, and a process that joined only its mount namespace.
   ASSERT_EQ(
       InVm(a.init_pid, "echo data > /tmp/f && mkdir -p /var/lib/x && echo y > /etc/zz").exit_code,
@@ -588,6 +594,8 @@ TEST_F(VmManagerTest, DestroyLeavesNothingBehind) {
   EXPECT_EQ(manager_->VmOfPid(half), "gone");
 
   ASSERT_THAT(manager_->Destroy("gone"), IsOk());
+  EXPECT_THAT(seen, ElementsAre(1u, 2u, 1u));
+  manager_->set_on_change(nullptr);
 
   EXPECT_EQ(kill(a.init_pid, 0), -1);
   EXPECT_EQ(errno, ESRCH) << "init still exists";

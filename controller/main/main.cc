@@ -4,7 +4,6 @@
 //   shuttle-controller [--data-dir DIR] [--listen ADDR] [--metrics-listen ADDR]
 //                      [--port-file FILE] [--insecure] [--log-level LEVEL]
 //   shuttle-controller issue-cert --data-dir DIR --role admin|viewer --name NAME --out-dir OUT
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <signal.h>
@@ -40,10 +39,14 @@
 #include "controller/service/audit_service.h"
 #include "controller/service/fleet_service.h"
 #include "controller/service/policy_service.h"
+#include "controller/service/reflection_service.h"
 #include "controller/store/sqlite_store.h"
+#include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "shuttle/v1/agent.grpc.pb.h"
+#include "shuttle/v1/answers.grpc.pb.h"
 #include "shuttle/v1/audit.grpc.pb.h"
 #include "shuttle/v1/fleet.grpc.pb.h"
+#include "shuttle/v1/policy.grpc.pb.h"
 
 ABSL_FLAG(std::string, data_dir, "/var/lib/shuttle/controller",
           "Directory for the store (controller.db) and the PKI (pki/)");
@@ -175,17 +178,22 @@ absl::Status Serve(const sigset_t& stop_signals) {
   FleetServiceImpl fleet_service(*store, push, authorizer, executor, RealClock());
   AuditServiceImpl audit_service(audit, authorizer, executor, registry);
   AnswerServiceImpl answer_service(answers, authorizer, executor);
+  // Reflection (for grpcurl) is our own callback service, not gRPC's plugin: the plugin is a
+  // synchronous service, and any synchronous service makes the server run sync polling threads
+  // beside the callback services, which cost ~35% of Authorize throughput with 1,000 agents
+  // connected (bench/fleet_sim.cc). Every service here, health included, is callback-API.
+  ReflectionServiceImpl reflection_service({
+      v1::PolicyService::service_full_name(),
+      v1::AgentService::service_full_name(),
+      v1::FleetService::service_full_name(),
+      v1::AuditService::service_full_name(),
+      v1::AnswerService::service_full_name(),
+      "grpc.health.v1.Health",  // gRPC's default health service (no descriptor in the pool).
+      grpc::reflection::v1alpha::ServerReflection::service_full_name(),
+  });
 
   grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  // Server reflection is gRPC 1.51's only synchronous service here; with the default sync
-  // options its polling threads (one set per core) competed with the callback services and
-  // halved Authorize throughput with 1,000 agents connected (bench/fleet_sim.cc). One poller
-  // is plenty for reflection's rare calls.
-  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::NUM_CQS, 1);
-  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MIN_POLLERS, 1);
-  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 1);
   int grpc_port = 0;
   const std::string listen = absl::GetFlag(FLAGS_listen);
   builder.AddListeningPort(listen, credentials, &grpc_port);
@@ -195,6 +203,7 @@ absl::Status Serve(const sigset_t& stop_signals) {
   builder.RegisterService(&fleet_service);
   builder.RegisterService(&audit_service);
   builder.RegisterService(&answer_service);
+  builder.RegisterService(&reflection_service);
   GrpcMetricsSetup grpc_metrics = MakeGrpcMetrics(registry, {AgentServiceImpl::kAuthorizeMethod});
   agent_service.set_authorize_recorder(grpc_metrics.recorders.front());
   builder.experimental().SetInterceptorCreators(std::move(grpc_metrics.interceptors));

@@ -4,14 +4,17 @@
 # the controller is always stopped on exit. Covers the policy plane end to end: apply, ls, get,
 # history, rollback, rm, validate, explain, JSON output, roles (admin/viewer), foreign and
 # missing client certificates, standing answers to `ask` (answer set/ls/rm), the (empty) audit
-# log (audit, -o json, --follow ended by Ctrl-C), /metrics, and persistence across a restart.
+# log (audit, -o json, --follow ended by Ctrl-C), /metrics, server reflection (with
+# reflection_probe, as grpcurl would ask), and persistence across a restart.
 #
-# usage: cli_controller_test.sh SHUTTLE_CONTROLLER SHUTTLECTL SOURCE_DIR
+# usage: cli_controller_test.sh SHUTTLE_CONTROLLER SHUTTLECTL SOURCE_DIR REFLECTION_PROBE
 set -uo pipefail
 
-CONTROLLER=${1:?usage: $0 SHUTTLE_CONTROLLER SHUTTLECTL SOURCE_DIR}
-CTL=${2:?usage: $0 SHUTTLE_CONTROLLER SHUTTLECTL SOURCE_DIR}
-SRC=${3:?usage: $0 SHUTTLE_CONTROLLER SHUTTLECTL SOURCE_DIR}
+USAGE="usage: $0 SHUTTLE_CONTROLLER SHUTTLECTL SOURCE_DIR REFLECTION_PROBE"
+CONTROLLER=${1:?$USAGE}
+CTL=${2:?$USAGE}
+SRC=${3:?$USAGE}
+PROBE=${4:?$USAGE}
 TESTDATA="$SRC/tests/integration/testdata"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/shuttle-it.XXXXXX")
 DATA="$WORK/data"
@@ -381,6 +384,19 @@ wait "$FOLLOW_PID" || follow_rc=$?
 [ "$follow_rc" -eq 0 ] || fail "audit --follow exited $follow_rc on SIGINT (want 0): $(cat "$WORK/follow.err")"
 [ -s "$WORK/follow.err" ] && fail "audit --follow wrote to stderr: $(cat "$WORK/follow.err")"
 pass "audit --follow runs until SIGINT and then exits 0"
+
+# ----- server reflection (the service itself: controller/service/reflection_service_test) --------
+"$PROBE" "127.0.0.1:$GRPC_PORT" "$DATA/pki/ca.pem" shuttle.v1.AgentService >"$WORK/out" \
+  2>"$WORK/err" || fail "reflection_probe failed"
+for service in shuttle.v1.PolicyService shuttle.v1.AgentService shuttle.v1.FleetService \
+  shuttle.v1.AuditService shuttle.v1.AnswerService grpc.health.v1.Health \
+  grpc.reflection.v1alpha.ServerReflection; do
+  out_has "reflection list_services" "^service $service\$"
+done
+[ "$(grep -c '^service ' "$WORK/out")" -eq 7 ] || fail "reflection lists other than 7 services"
+out_has "reflection file_containing_symbol" '^file shuttle.v1.AgentService shuttle/v1/agent.proto$'
+out_has "reflection file_containing_symbol" '^file shuttle.v1.AgentService shuttle/v1/types.proto$'
+pass "server reflection (v1alpha) lists the services and serves a file with its dependencies"
 
 # ----- metrics ---------------------------------------------------------------------------------
 curl -sf --max-time 10 "http://127.0.0.1:$METRICS_PORT/metrics" >"$WORK/out" 2>"$WORK/err" ||

@@ -235,9 +235,9 @@ void Broker::Open(BrokerTargetPtr target, BrokerRequest request, OpenOptions opt
       target->name(), ": ", DescribeRequest(request))));
 }
 
-ConnectNowResult Broker::ConnectNow(const BrokerTarget& target, const UnixPathRequest& request,
+ConnectNowResult Broker::ConnectNow(const BrokerTarget& target, const std::string& path,
                                     const OpenOptions& options, int socket_fd) {
-  if (!broker_internal::ValidateRequest(request).ok()) return ConnectNowResult::kUseOpen;
+  if (!broker_internal::ValidateUnixPath(path).ok()) return ConnectNowResult::kUseOpen;
   absl::StatusOr<UniqueFd> root = target.OpenRoot();  // As the agent, as in RunJob.
   if (!root.ok()) return ConnectNowResult::kUseOpen;
   ConnectNowResult result;
@@ -246,7 +246,7 @@ ConnectNowResult Broker::ConnectNow(const BrokerTarget& target, const UnixPathRe
     if (options.as && !creds.Enter(*options.as, target.name()).ok()) {
       return ConnectNowResult::kUseOpen;
     }
-    result = broker_internal::ConnectInPlaceNow(root->get(), request, socket_fd);
+    result = broker_internal::ConnectInPlaceNow(root->get(), path, socket_fd);
   }
   if (result == ConnectNowResult::kConnected) Count(absl::OkStatus());
   return result;

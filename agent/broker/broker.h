@@ -148,17 +148,20 @@ class Broker {
   // Thread-safe. `done` must not block for long: it holds a worker.
   void Open(BrokerTargetPtr target, BrokerRequest request, OpenOptions options, Callback done);
 
-  // Connects `socket_fd` (a duplicate of the caller's own unix socket, see injection.h's
-  // DuplicateCallerFd) to `request`'s path in `target`, on the calling thread, if that needs no
-  // waiting at all: the path is in the kernel's cache and the server's backlog has room (the
-  // common case, and the one whose latency applications notice). The caller's socket itself is
+  // Connects `socket_fd` (a duplicate of the caller's own socket, see injection.h's
+  // DuplicateCallerFd) to the unix socket at `path` in `target`, on the calling thread, if that
+  // needs no waiting at all: the path is in the kernel's cache and the server's backlog has room
+  // (the common case, and the one whose latency applications notice). The caller's socket itself is
   // connected, so everything set on it before (options, a bound name) stays. Safe on the
   // notification loop: no blocking syscall, no namespace change; the thread runs as
   // options.as for a few syscalls when that differs from the agent's identity. kUseOpen for
   // anything but success or a non-blocking caller's EAGAIN (not cached, nothing there, no
   // permission): Open() then opens a new socket on a worker and names the error.
   // Thread-safe.
-  ConnectNowResult ConnectNow(const BrokerTarget& target, const UnixPathRequest& request,
+  // The socket's family and type are the kernel's to check: a connect() of a socket that is no
+  // unix socket (or of a type the server's is not) fails, and the caller takes Open()'s way,
+  // which inspects the socket and names the problem.
+  ConnectNowResult ConnectNow(const BrokerTarget& target, const std::string& path,
                               const OpenOptions& options, int socket_fd);
 
   // Open() and wait for the result. For tools and tests; never call it on the notification loop.

@@ -126,11 +126,8 @@ absl::StatusOr<CallerSocket> RealCallerAccess::InspectSocket(pid_t tid, int fd) 
   return InspectCallerSocket(tid, fd);
 }
 
-absl::StatusOr<CallerAccess::UnixSocket> RealCallerAccess::DuplicateUnixSocket(pid_t tid, int fd) {
-  UnixSocket out;
-  SHUTTLE_ASSIGN_OR_RETURN(out.fd, DuplicateCallerFd(tid, fd));
-  SHUTTLE_ASSIGN_OR_RETURN(out.type, SocketTypeOf(out.fd.get(), AF_UNIX));
-  return out;
+absl::StatusOr<UniqueFd> RealCallerAccess::DuplicateFd(pid_t tid, int fd) {
+  return DuplicateCallerFd(tid, fd);
 }
 
 absl::Status RealCallerAccess::AnswerResult(int channel_fd, uint64_t id, int64_t result) {
@@ -305,15 +302,13 @@ CrossingBroker::JobPtr CrossingBroker::ConnectNow(JobPtr job) {
   }
   absl::StatusOr<BrokerTargetPtr> target = targets_.Get(job->target.vm);
   if (!target.ok()) return job;
-  absl::StatusOr<CallerAccess::UnixSocket> socket =
-      caller_.DuplicateUnixSocket(call.pid, call.object.fd);
+  absl::StatusOr<UniqueFd> socket = caller_.DuplicateFd(call.pid, call.object.fd);
   if (!socket.ok()) return job;
-  const ConnectNowResult connected =
-      broker_.ConnectNow(**target, UnixPathRequest{path, socket->type}, open, socket->fd.get());
+  const ConnectNowResult connected = broker_.ConnectNow(**target, path, open, socket->get());
   if (connected == ConnectNowResult::kUseOpen) return job;
   // Closed before the answer: the caller's descriptor is then the socket's last one, so a caller
   // that closes it at once releases it itself, as it would natively (not this thread, later).
-  socket->fd.reset();
+  socket->reset();
   absl::Status answered;
   const char* result = "ok";
   if (connected == ConnectNowResult::kConnected) {

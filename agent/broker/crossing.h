@@ -137,13 +137,8 @@ class CallerAccess {
   virtual ~CallerAccess() = default;
   virtual absl::StatusOr<Credentials> ReadCredentials(pid_t tid) = 0;
   virtual absl::StatusOr<CallerSocket> InspectSocket(pid_t tid, int fd) = 0;
-  // A duplicate of the caller's unix socket `fd` (the same open file) and its type (SO_TYPE);
-  // an error if it is no unix socket (injection.h's DuplicateCallerFd and SocketTypeOf).
-  struct UnixSocket {
-    UniqueFd fd;
-    int type = 0;
-  };
-  virtual absl::StatusOr<UnixSocket> DuplicateUnixSocket(pid_t tid, int fd) = 0;
+  // A duplicate of the caller's fd `fd`: the same open file (injection.h's DuplicateCallerFd).
+  virtual absl::StatusOr<UniqueFd> DuplicateFd(pid_t tid, int fd) = 0;
   // injection.h's AnswerWithResult on `channel_fd` (not owned).
   virtual absl::Status AnswerResult(int channel_fd, uint64_t id, int64_t result) = 0;
   // injection.h's InjectConnectedSocket / InjectAsResult on `channel_fd` (not owned);
@@ -159,7 +154,7 @@ class RealCallerAccess final : public CallerAccess {
  public:
   absl::StatusOr<Credentials> ReadCredentials(pid_t tid) override;
   absl::StatusOr<CallerSocket> InspectSocket(pid_t tid, int fd) override;
-  absl::StatusOr<UnixSocket> DuplicateUnixSocket(pid_t tid, int fd) override;
+  absl::StatusOr<UniqueFd> DuplicateFd(pid_t tid, int fd) override;
   absl::Status AnswerResult(int channel_fd, uint64_t id, int64_t result) override;
   absl::Status InjectConnected(int channel_fd, uint64_t id, int caller_fd,
                                const CallerSocket& caller, UniqueFd fd) override;

@@ -76,15 +76,12 @@ class FakeCaller final : public CallerAccess {
   }
   // Off unless a test sets `in_place`: then the "caller's socket" is a real unix socket of the
   // fake's (non-blocking if `in_place_nonblocking`), kept in `own` for the test to look at.
-  absl::StatusOr<UnixSocket> DuplicateUnixSocket(pid_t, int) override {
+  absl::StatusOr<UniqueFd> DuplicateFd(pid_t, int) override {
     absl::MutexLock lock(&mu);
     if (!in_place) return absl::UnimplementedError("the fake caller has no real socket");
     own.reset(socket(AF_UNIX,
                      SOCK_STREAM | SOCK_CLOEXEC | (in_place_nonblocking ? SOCK_NONBLOCK : 0), 0));
-    UnixSocket out;
-    out.fd.reset(fcntl(own.get(), F_DUPFD_CLOEXEC, 0));
-    out.type = SOCK_STREAM;
-    return out;
+    return UniqueFd(fcntl(own.get(), F_DUPFD_CLOEXEC, 0));
   }
   absl::Status AnswerResult(int, uint64_t id, int64_t result) override {
     absl::MutexLock lock(&mu);

@@ -162,16 +162,6 @@ absl::StatusOr<UniqueFd> DuplicateCallerFd(pid_t tid, int fd) {
   return copy;
 }
 
-absl::StatusOr<int> SocketTypeOf(int fd, int family) {
-  SHUTTLE_ASSIGN_OR_RETURN(int domain, SocketOption(fd, SO_DOMAIN, "the caller's fd"));
-  if (domain != family) {
-    return ErrnoErrorWithCode(
-        absl::StatusCode::kFailedPrecondition, EPROTOTYPE,
-        absl::StrCat("the caller's socket is of family ", domain, ", not ", family));
-  }
-  return SocketOption(fd, SO_TYPE, "the caller's fd");
-}
-
 absl::StatusOr<CallerSocket> InspectCallerSocket(pid_t tid, int fd) {
   const std::string what = absl::StrCat("caller ", tid, " fd ", fd);
   // The socket is seen through a duplicate in the agent (pidfd_getfd: the same open file).

@@ -50,10 +50,6 @@ absl::StatusOr<Credentials> ReadCallerCredentials(pid_t tid);
 // open.
 absl::StatusOr<UniqueFd> DuplicateCallerFd(pid_t tid, int fd);
 
-// The type (SO_TYPE) of socket `fd`, FAILED_PRECONDITION with EPROTOTYPE if its family is not
-// `family`, FAILED_PRECONDITION with ENOTSOCK if it is no socket.
-absl::StatusOr<int> SocketTypeOf(int fd, int family);
-
 // What the caller's fd `fd` is. NOT_FOUND if the thread is gone or the fd is not open,
 // FAILED_PRECONDITION (ENOTSOCK) if it is not a socket. Use `type` to choose the request type
 // (UnixPathRequest::type etc.) before brokering.

@@ -49,12 +49,7 @@ absl::Status ValidateUnixType(int type) {
 }
 
 absl::Status Validate(const broker::UnixPathRequest& r) {
-  if (r.path.empty() || r.path[0] != '/') {
-    return Invalid(absl::StrCat("unix socket path '", r.path, "' is not absolute"));
-  }
-  if (r.path.find('\0') != std::string::npos || r.path.size() >= PATH_MAX) {
-    return Invalid("unix socket path has a NUL byte or is longer than PATH_MAX");
-  }
+  SHUTTLE_RETURN_IF_ERROR(ValidateUnixPath(r.path));
   return ValidateUnixType(r.type);
 }
 
@@ -222,6 +217,16 @@ sockaddr_un ThroughOwnFd(int node, socklen_t* len) {
 
 }  // namespace
 
+absl::Status ValidateUnixPath(const std::string& path) {
+  if (path.empty() || path[0] != '/') {
+    return Invalid(absl::StrCat("unix socket path '", path, "' is not absolute"));
+  }
+  if (path.find('\0') != std::string::npos || path.size() >= PATH_MAX) {
+    return Invalid("unix socket path has a NUL byte or is longer than PATH_MAX");
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ValidateRequest(const broker::BrokerRequest& request) {
   return std::visit([](const auto& r) { return Validate(r); }, request);
 }
@@ -266,9 +271,8 @@ absl::StatusOr<UniqueFd> ConnectUnixPath(int root_fd, const broker::UnixPathRequ
                     where);
 }
 
-broker::ConnectNowResult ConnectInPlaceNow(int root_fd, const broker::UnixPathRequest& request,
-                                           int socket_fd) {
-  UniqueFd node = ResolveInRoot(root_fd, request.path, /*cached_only=*/true);
+broker::ConnectNowResult ConnectInPlaceNow(int root_fd, const std::string& path, int socket_fd) {
+  UniqueFd node = ResolveInRoot(root_fd, path, /*cached_only=*/true);
   if (!node) return broker::ConnectNowResult::kUseOpen;
   const int fl = fcntl(socket_fd, F_GETFL);
   if (fl < 0) return broker::ConnectNowResult::kUseOpen;

@@ -22,6 +22,8 @@ using intercept::UniqueFd;
 
 // INVALID_ARGUMENT (errno attached) naming what is wrong with `request`. Cheap; no syscalls.
 absl::Status ValidateRequest(const broker::BrokerRequest& request);
+// The same for a unix socket path alone (absolute, no NUL, shorter than PATH_MAX).
+absl::Status ValidateUnixPath(const std::string& path);
 
 // True for 127.0.0.0/8, ::1, ::ffff:127.0.0.0/104 and the "any" addresses 0.0.0.0 and ::
 // (which Linux connects to the local host).
@@ -33,14 +35,13 @@ bool IsLocalAddress(const sockaddr_storage& address);
 // RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS and connects to the socket inode found there.
 absl::StatusOr<UniqueFd> ConnectUnixPath(int root_fd, const broker::UnixPathRequest& request,
                                          absl::Time deadline, absl::string_view where);
-// Connects `socket_fd` (the caller's own unix socket, through a duplicate) to the socket at
-// `request.path` under `root_fd` without waiting for anything, for the notification loop: the
+// Connects `socket_fd` (the caller's own socket, through a duplicate) to the socket at `path`
+// under `root_fd` without waiting for anything, for the notification loop: the
 // path is resolved only from what the kernel has cached (RESOLVE_CACHED: a lookup that would
 // need I/O, e.g. on a hung FUSE or NFS mount, fails at once), and the connect is non-blocking
 // (a blocking socket's O_NONBLOCK is set for the connect and cleared again; the open file is
 // the caller's, so its other threads could see the flag for those microseconds).
-broker::ConnectNowResult ConnectInPlaceNow(int root_fd, const broker::UnixPathRequest& request,
-                                           int socket_fd);
+broker::ConnectNowResult ConnectInPlaceNow(int root_fd, const std::string& path, int socket_fd);
 absl::StatusOr<UniqueFd> ConnectUnixAbstract(const broker::UnixAbstractRequest& request,
                                              absl::Time deadline, absl::string_view where);
 absl::StatusOr<UniqueFd> ConnectInet(const broker::InetRequest& request, absl::Time deadline,

@@ -25,6 +25,9 @@ absl::StatusOr<std::string> ReadProcFile(const std::string& path) {
     if (n < 0) return broker::ErrnoError(errno, "read " + path);
     if (n == 0) return out;
     out.append(buf, static_cast<size_t>(n));
+    // /proc files are seq_files: a read fills the buffer as far as the file goes, so a short
+    // read is the end (one syscall fewer per file; each costs ~1.5 us in a VM).
+    if (static_cast<size_t>(n) < sizeof(buf)) return out;
     if (out.size() > kMaxSize) return broker::ErrnoError(EFBIG, "read " + path);
   }
 }

@@ -3,8 +3,12 @@
 // target, whose sockets need neither namespaces nor root.
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -124,6 +128,41 @@ TEST(ProcFilesTest, FieldValueFindsWholeKeys) {
   EXPECT_EQ(broker_internal::FieldValue(info, "ino"), std::nullopt);
   EXPECT_THAT(broker_internal::ReadProcFile("/proc/self/no-such-file"),
               StatusIs(absl::StatusCode::kNotFound, HasSubstr("no-such-file")));
+}
+
+// A kept pidfd is used again while its process lives, and never once it is gone: the pid then
+// fails as gone (or would be opened afresh for a new process of that number).
+TEST(CallerTest, KeptPidfdsFollowTheirThreads) {
+  CallerPidfds pidfds(/*capacity=*/2);
+  UniqueFd s(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  struct stat want;
+  ASSERT_EQ(fstat(s.get(), &want), 0);
+  auto same_file = [&](const absl::StatusOr<UniqueFd>& copy) {
+    struct stat got;
+    return copy.ok() && fstat(copy->get(), &got) == 0 && got.st_ino == want.st_ino;
+  };
+  const pid_t self = static_cast<pid_t>(syscall(SYS_gettid));
+  EXPECT_TRUE(same_file(pidfds.Duplicate(self, s.get())));
+  EXPECT_TRUE(same_file(pidfds.Duplicate(self, s.get())));  // Through the kept pidfd.
+  EXPECT_EQ(pidfds.size(), 1u);
+  EXPECT_THAT(pidfds.Duplicate(self, 999999),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("not open")));
+
+  // Another process holding the same socket (fork: the child's fd 's' is its own copy).
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    pause();
+    _exit(0);
+  }
+  EXPECT_TRUE(same_file(pidfds.Duplicate(child, s.get())));
+  EXPECT_EQ(pidfds.size(), 2u);
+  ASSERT_EQ(kill(child, SIGKILL), 0);
+  ASSERT_EQ(waitpid(child, nullptr, 0), child);  // Reaped: the pid is free now.
+  // The kept pidfd is of a process that is gone: not used, dropped, and the pid names nothing.
+  EXPECT_THAT(pidfds.Duplicate(child, s.get()),
+              StatusIs(absl::StatusCode::kNotFound, HasSubstr("gone")));
+  EXPECT_EQ(pidfds.size(), 1u);
 }
 
 TEST(CallerTest, ReadsOwnCredentialsAndSocket) {

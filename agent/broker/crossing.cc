@@ -127,7 +127,7 @@ absl::StatusOr<CallerSocket> RealCallerAccess::InspectSocket(pid_t tid, int fd) 
 }
 
 absl::StatusOr<UniqueFd> RealCallerAccess::DuplicateFd(pid_t tid, int fd) {
-  return DuplicateCallerFd(tid, fd);
+  return pidfds_.Duplicate(tid, fd);
 }
 
 absl::Status RealCallerAccess::AnswerResult(int channel_fd, uint64_t id, int64_t result) {

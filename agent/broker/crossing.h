@@ -137,7 +137,8 @@ class CallerAccess {
   virtual ~CallerAccess() = default;
   virtual absl::StatusOr<Credentials> ReadCredentials(pid_t tid) = 0;
   virtual absl::StatusOr<CallerSocket> InspectSocket(pid_t tid, int fd) = 0;
-  // A duplicate of the caller's fd `fd`: the same open file (injection.h's DuplicateCallerFd).
+  // A duplicate of the caller's fd `fd`: the same open file (injection.h's DuplicateCallerFd;
+  // the real one keeps recent callers' pidfds, CallerPidfds).
   virtual absl::StatusOr<UniqueFd> DuplicateFd(pid_t tid, int fd) = 0;
   // injection.h's AnswerWithResult on `channel_fd` (not owned).
   virtual absl::Status AnswerResult(int channel_fd, uint64_t id, int64_t result) = 0;
@@ -160,6 +161,9 @@ class RealCallerAccess final : public CallerAccess {
                                const CallerSocket& caller, UniqueFd fd) override;
   absl::StatusOr<int> InjectResult(int channel_fd, uint64_t id, UniqueFd fd,
                                    uint32_t newfd_flags) override;
+
+ private:
+  CallerPidfds pidfds_;  // DuplicateFd's.
 };
 
 class CrossingBroker final : public Crossing {

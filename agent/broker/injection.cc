@@ -150,16 +150,51 @@ absl::StatusOr<Credentials> ReadCallerCredentials(pid_t tid) {
   return creds;
 }
 
-absl::StatusOr<UniqueFd> DuplicateCallerFd(pid_t tid, int fd) {
-  SHUTTLE_ASSIGN_OR_RETURN(UniqueFd pidfd, ThreadPidfd(tid));
-  UniqueFd copy(static_cast<int>(syscall(SYS_pidfd_getfd, pidfd.get(), fd, 0)));
+// pidfd_getfd of `fd` through `pidfd` (of thread `tid`), its errors named.
+absl::StatusOr<UniqueFd> GetFd(int pidfd, pid_t tid, int fd) {
+  UniqueFd copy(static_cast<int>(syscall(SYS_pidfd_getfd, pidfd, fd, 0)));
   if (!copy) {
-    if (errno == EBADF)
+    if (errno == EBADF) {
       return absl::NotFoundError(absl::StrCat("caller ", tid, " fd ", fd, " is not open"));
+    }
     if (errno == ESRCH) return absl::NotFoundError(absl::StrCat("caller ", tid, " is gone"));
     return ErrnoError(errno, absl::StrCat("caller ", tid, " fd ", fd, ": pidfd_getfd"));
   }
   return copy;
+}
+
+absl::StatusOr<UniqueFd> DuplicateCallerFd(pid_t tid, int fd) {
+  SHUTTLE_ASSIGN_OR_RETURN(UniqueFd pidfd, ThreadPidfd(tid));
+  return GetFd(pidfd.get(), tid, fd);
+}
+
+absl::StatusOr<UniqueFd> CallerPidfds::Duplicate(pid_t tid, int fd) {
+  absl::MutexLock lock(&mu_);
+  auto it = pidfds_.find(tid);
+  if (it != pidfds_.end()) {
+    it->second.last_use = ++uses_;
+    UniqueFd copy(static_cast<int>(syscall(SYS_pidfd_getfd, it->second.pidfd.get(), fd, 0)));
+    if (copy) return copy;
+    if (errno != ESRCH) return GetFd(it->second.pidfd.get(), tid, fd);  // Names the error.
+    pidfds_.erase(it);  // That thread has exited: `tid` may be another one's now.
+  }
+  SHUTTLE_ASSIGN_OR_RETURN(UniqueFd pidfd, ThreadPidfd(tid));
+  absl::StatusOr<UniqueFd> copy = GetFd(pidfd.get(), tid, fd);
+  if (!copy.ok()) return copy;
+  if (pidfds_.size() >= capacity_ && capacity_ > 0) {
+    auto oldest = pidfds_.begin();
+    for (auto e = pidfds_.begin(); e != pidfds_.end(); ++e) {
+      if (e->second.last_use < oldest->second.last_use) oldest = e;
+    }
+    pidfds_.erase(oldest);
+  }
+  if (capacity_ > 0) pidfds_[tid] = Entry{std::move(pidfd), ++uses_};
+  return copy;
+}
+
+size_t CallerPidfds::size() const {
+  absl::MutexLock lock(&mu_);
+  return pidfds_.size();
 }
 
 absl::StatusOr<CallerSocket> InspectCallerSocket(pid_t tid, int fd) {

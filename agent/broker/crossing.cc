@@ -229,14 +229,7 @@ absl::StatusOr<BrokerRequest> CrossingBroker::BuildRequest(Job& job, OpenOptions
   const intercept::ObjectInfo& object = call.object;
   const std::string& name = job.target.name;
   const bool renamed = name != object.name();
-  if (options_.as_caller) {
-    if (call.creds.has_value()) {
-      options->as = *call.creds;
-    } else {
-      SHUTTLE_ASSIGN_OR_RETURN(Credentials creds, caller_.ReadCredentials(call.pid));
-      options->as = std::move(creds);
-    }
-  }
+  SHUTTLE_RETURN_IF_ERROR(CallerCredentials(job, options));
   if (object.kind == v1::MQ_OPEN) {
     MqRequest mq;
     mq.name = name;
@@ -283,6 +276,16 @@ absl::StatusOr<BrokerRequest> CrossingBroker::BuildRequest(Job& job, OpenOptions
   return inet;
 }
 
+absl::Status CrossingBroker::CallerCredentials(Job& job, OpenOptions* open) {
+  if (!options_.as_caller) return absl::OkStatus();
+  if (!job.call.creds.has_value()) {
+    SHUTTLE_ASSIGN_OR_RETURN(Credentials creds, caller_.ReadCredentials(job.call.pid));
+    job.call.creds = std::move(creds);
+  }
+  open->as = *job.call.creds;
+  return absl::OkStatus();
+}
+
 CrossingBroker::JobPtr CrossingBroker::ConnectNow(JobPtr job) {
   const CallSnapshot& call = job->call;
   const std::string& path = job->target.name;
@@ -291,15 +294,7 @@ CrossingBroker::JobPtr CrossingBroker::ConnectNow(JobPtr job) {
     return job;
   }
   OpenOptions open;
-  if (options_.as_caller) {
-    if (call.creds.has_value()) {
-      open.as = *call.creds;
-    } else {
-      absl::StatusOr<Credentials> creds = caller_.ReadCredentials(call.pid);
-      if (!creds.ok()) return job;
-      open.as = *std::move(creds);
-    }
-  }
+  if (!CallerCredentials(*job, &open).ok()) return job;
   absl::StatusOr<BrokerTargetPtr> target = targets_.Get(job->target.vm);
   if (!target.ok()) return job;
   absl::StatusOr<UniqueFd> socket = caller_.DuplicateFd(call.pid, call.object.fd);

@@ -219,6 +219,9 @@ class CrossingBroker final : public Crossing {
   void Opened(JobPtr job, absl::StatusOr<UniqueFd> opened);
   void Fail(JobPtr job, const absl::Status& status, const char* result);
   void Done(const Job& job, const char* result);
+  // Puts the caller's credentials in `open` when opening as the caller; read at most once per
+  // job (kept in job.call.creds, unless the decider handed them over already).
+  absl::Status CallerCredentials(Job& job, OpenOptions* open);
   // The request for `job` (and job.open's credentials); reads the caller's socket into
   // job.socket for a connect().
   absl::StatusOr<BrokerRequest> BuildRequest(Job& job, OpenOptions* options);

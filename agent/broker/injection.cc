@@ -150,18 +150,25 @@ absl::StatusOr<Credentials> ReadCallerCredentials(pid_t tid) {
   return creds;
 }
 
+namespace {
+
+// What pidfd_getfd's errno `err` means for fd `fd` of caller thread `tid`.
+absl::Status GetFdError(int err, pid_t tid, int fd) {
+  if (err == EBADF) {
+    return absl::NotFoundError(absl::StrCat("caller ", tid, " fd ", fd, " is not open"));
+  }
+  if (err == ESRCH) return absl::NotFoundError(absl::StrCat("caller ", tid, " is gone"));
+  return ErrnoError(err, absl::StrCat("caller ", tid, " fd ", fd, ": pidfd_getfd"));
+}
+
 // pidfd_getfd of `fd` through `pidfd` (of thread `tid`), its errors named.
 absl::StatusOr<UniqueFd> GetFd(int pidfd, pid_t tid, int fd) {
   UniqueFd copy(static_cast<int>(syscall(SYS_pidfd_getfd, pidfd, fd, 0)));
-  if (!copy) {
-    if (errno == EBADF) {
-      return absl::NotFoundError(absl::StrCat("caller ", tid, " fd ", fd, " is not open"));
-    }
-    if (errno == ESRCH) return absl::NotFoundError(absl::StrCat("caller ", tid, " is gone"));
-    return ErrnoError(errno, absl::StrCat("caller ", tid, " fd ", fd, ": pidfd_getfd"));
-  }
+  if (!copy) return GetFdError(errno, tid, fd);
   return copy;
 }
+
+}  // namespace
 
 absl::StatusOr<UniqueFd> DuplicateCallerFd(pid_t tid, int fd) {
   SHUTTLE_ASSIGN_OR_RETURN(UniqueFd pidfd, ThreadPidfd(tid));
@@ -175,7 +182,7 @@ absl::StatusOr<UniqueFd> CallerPidfds::Duplicate(pid_t tid, int fd) {
     it->second.last_use = ++uses_;
     UniqueFd copy(static_cast<int>(syscall(SYS_pidfd_getfd, it->second.pidfd.get(), fd, 0)));
     if (copy) return copy;
-    if (errno != ESRCH) return GetFd(it->second.pidfd.get(), tid, fd);  // Names the error.
+    if (errno != ESRCH) return GetFdError(errno, tid, fd);
     pidfds_.erase(it);  // That thread has exited: `tid` may be another one's now.
   }
   SHUTTLE_ASSIGN_OR_RETURN(UniqueFd pidfd, ThreadPidfd(tid));

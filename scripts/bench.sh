@@ -33,8 +33,9 @@
 #   BENCH_FLEET_DURATION=5s        length of each Authorize/echo run
 #   BENCH_SYSCALL=0    skip the syscall benchmark
 #   BENCH_IPC=0        skip the cross-VM IPC benchmark
-#   BENCH_IPC_ROUNDS=5 rounds of a, b, c
-#   BENCH_IPC_ARGS="-r 3 -s 5000 -l 200 -c 1000"  client repetitions (median) and counts:
+#   BENCH_IPC_ROUNDS=11 rounds of a, b, c (single rounds swing widely on a shared machine;
+#                      the median of 11 holds steady, ~3.5 min)
+#   BENCH_IPC_ARGS="-r 5 -s 20000 -l 200 -c 1000"  client repetitions (median) and counts:
 #                      1 KiB round trips, 1 MiB round trips, connects
 set -euo pipefail
 
@@ -49,8 +50,8 @@ ROUNDS=${BENCH_ROUNDS:-11}
 POLICY=${BENCH_POLICY:-}
 RUN_TIMEOUT=120  # seconds for one run of the syscall benchmark; a run takes a few seconds
 
-IPC_ROUNDS=${BENCH_IPC_ROUNDS:-5}
-IPC_ARGS=${BENCH_IPC_ARGS:--r 3 -s 5000 -l 200 -c 1000}
+IPC_ROUNDS=${BENCH_IPC_ROUNDS:-11}
+IPC_ARGS=${BENCH_IPC_ARGS:--r 5 -s 20000 -l 200 -c 1000}
 DO_SYSCALL=${BENCH_SYSCALL:-1}
 DO_IPC=${BENCH_IPC:-1}
 
